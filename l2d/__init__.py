@@ -1,0 +1,7 @@
+"""l2d: learning to defer to K human experts, trained by EM in JAX.
+
+Importing the package touches no device and reads no global state; the heavy modules
+(``l2d.train``, ``l2d.evaluate``) are imported only by the commands that need them.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Orbax checkpoints of a run: both networks, both optimizer states, and the next epoch.
+
+The data order, augmentation and Monte Carlo draws of epoch e are pure functions of (seed, e),
+so the epoch to continue from (with the seed, checked on restore) is the whole RNG/data-order
+state: a run restored at epoch e replays exactly what the interrupted run would have done.
+"""
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from l2d.errors import L2DError
+
+
+def checkpoint_dir(artifact_path: str, run_id: str) -> Path:
+    """``<artifact_path>/<run_id>/checkpoints``, absolute (orbax requires absolute paths)."""
+    return Path(artifact_path).expanduser().resolve() / run_id / "checkpoints"
+
+
+def open_manager(directory: Path, *, keep: int) -> ocp.CheckpointManager:
+    """A manager that never deletes what it finds at start; it only keeps the newest ``keep``."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: nnx.State, *, next_epoch: int, seed: int) -> None:
+    """Save asynchronously under step ``next_epoch`` (the number of finished epochs)."""
+    manager.save(
+        next_epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            progress=ocp.args.JsonSave({"next_epoch": next_epoch, "seed": seed}),
+        ),
+    )
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: nnx.State, *, seed: int
+) -> tuple[nnx.State, int]:
+    """Return (state, next_epoch) of the newest checkpoint; L2DError if there is none."""
+    latest = manager.latest_step()
+    if latest is None:
+        raise L2DError(f"{manager.directory}: no checkpoint to resume from")
+    restored = manager.restore(
+        latest,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            progress=ocp.args.JsonRestore(),
+        ),
+    )
+    progress = restored["progress"]
+    if progress["seed"] != seed:
+        raise L2DError(
+            f"{manager.directory}: checkpoint was made with seed {progress['seed']}, not {seed}")
+    return restored["state"], int(progress["next_epoch"])
+
+
+def abstract(state: nnx.State) -> nnx.State:
+    """Shapes and dtypes of ``state``, the template orbax restores into."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

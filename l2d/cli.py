@@ -1,0 +1,207 @@
+"""Command line: ``python -m l2d train ...``. Parses flags, builds a config, calls one function.
+
+Imports nothing heavy at module level, so ``--help`` and flag errors answer instantly. Every user
+error ends as one line on stderr and exit code 2, without a traceback.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from l2d.config import CLF_WEIGHTINGS, E_STEPS, MODEL_NAMES, RUNTIME_FIELDS, TrainConfig
+from l2d.errors import L2DError, TrainingDiverged
+from l2d.tracking import Terminated
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130
+
+# Flags a --test run may change besides the runtime ones: which test manifests to evaluate on.
+TEST_OVERRIDABLE = frozenset({"test_files", "test_groundtruth_file", "batch_size"})
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; here a flag error is one line, as every user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def comma_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags default to SUPPRESS so that the parsed namespace holds only what the user typed;
+    defaults come from TrainConfig (shown in --help)."""
+    parser = OneLineErrorParser(
+        prog="l2d", description="Learning to defer to human experts, trained by EM in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    train = commands.add_parser(
+        "train", argument_default=argparse.SUPPRESS,
+        help="train a deferral system (or --resume / --test an existing run)",
+        description="Train a classifier and a gating model by EM on manifests of images, "
+                    "ground truth and expert labels. File lists are comma-separated.")
+    defaults = TrainConfig()
+
+    def add(group, flag: str, help: str, **kwargs) -> None:
+        field = flag.lstrip("-").replace("-", "_")
+        default = getattr(defaults, kwargs.get("dest", field), None)
+        if default not in (None, "", ()) and kwargs.get("action") != "store_false":
+            help = f"{help} (default: {default})"
+        group.add_argument(flag, help=help, **kwargs)
+
+    data = train.add_argument_group("data")
+    data.add_argument("--train-files", type=comma_list, metavar="A.json,B.json",
+                      help="expert manifests of the training split, one per expert")
+    data.add_argument("--train-groundtruth-file", metavar="GT.json",
+                      help="ground-truth manifest of the training split")
+    data.add_argument("--test-files", type=comma_list, metavar="A.json,B.json",
+                      help="expert manifests of the test split, same experts in the same order")
+    data.add_argument("--test-groundtruth-file", metavar="GT.json",
+                      help="ground-truth manifest of the test split")
+    add(data, "--num-classes", "number of classes; inferred from the training labels when omitted",
+        type=int)
+    add(data, "--augment", "4-pixel pad + random crop + horizontal flip of training images",
+        action=argparse.BooleanOptionalAction)
+    add(data, "--norm-mean", "per-channel mean of pixels in [0,1]; computed from the training set "
+        "when omitted", type=comma_floats)
+    add(data, "--norm-std", "per-channel std, given together with --norm-mean", type=comma_floats)
+    add(data, "--stream-from-disk", "decode images from disk every epoch instead of keeping them in "
+        "memory (for datasets larger than RAM)", dest="cache_images", action="store_false")
+    add(data, "--prefetch-size", "batches prepared ahead of the training step", type=int)
+    add(data, "--num-threads", "image decoding threads", type=int)
+
+    model = train.add_argument_group("models and method")
+    add(model, "--clf-model", "classifier network", choices=MODEL_NAMES)
+    add(model, "--clf-width", "classifier width (cnn: channels, default 32)", type=int)
+    add(model, "--dfr-model", "gating (deferral) network", choices=MODEL_NAMES)
+    add(model, "--dfr-width", "gating network base width (preact_resnet10: default 64)", type=int)
+    add(model, "--e-step", "posterior of the E-step: exact, or Monte Carlo samples", choices=E_STEPS)
+    add(model, "--mc-samples", "samples of z per input for --e-step mc", type=int)
+    add(model, "--expert-smoothing", "label smoothing eps of expert annotations in p(y | expert)",
+        type=float)
+    add(model, "--clf-weighting", "classifier loss weights: q(classifier) or uniform",
+        choices=CLF_WEIGHTINGS)
+    add(model, "--lr", "initial learning rate (cosine decay to 0)", type=float)
+    add(model, "--momentum", "SGD momentum", type=float)
+    add(model, "--weight-decay", "weight decay on kernels (not biases or norm scales)", type=float)
+    add(model, "--batch-size", "training and evaluation batch size", type=int)
+    add(model, "--num-epochs", "training epochs", type=int)
+    add(model, "--seed", "seed of initialisation, data order, augmentation and MC draws", type=int)
+
+    run = train.add_argument_group("run, tracking and checkpoints")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--train", dest="mode", action="store_const", const="train",
+                      help="train (the default)")
+    mode.add_argument("--test", dest="mode", action="store_const", const="test",
+                      help="evaluate the latest checkpoint of --run-id on the test manifests")
+    run.add_argument("--resume", action="store_true",
+                     help="continue --run-id from its latest checkpoint, in the same MLflow run")
+    run.add_argument("--run-id", help="MLflow run id for --resume or --test")
+    add(run, "--experiment-name", "MLflow experiment")
+    add(run, "--run-description", "free text shown with the run in MLflow")
+    add(run, "--tracking-uri", "MLflow tracking URI, e.g. http://127.0.0.1:8080 (default: "
+        "sqlite file mlflow.db in the current folder)")
+    add(run, "--artifact-path", "folder for <run_id>/config.json and <run_id>/checkpoints")
+    add(run, "--checkpoint-every", "save a checkpoint every N epochs and after the last", type=int)
+    add(run, "--keep-checkpoints", "newest checkpoints kept per run", type=int)
+    add(run, "--jax-platform", "JAX platform: cpu, cuda, ... (default: JAX's choice)")
+    add(run, "--mem-frac", "share of GPU memory JAX preallocates", type=float)
+    add(run, "--tqdm", "progress bars (silent anyway when output is not a terminal)",
+        action=argparse.BooleanOptionalAction)
+    return parser
+
+
+def configure_jax_environment(config: TrainConfig) -> None:
+    """Must run before jax is imported: platform and memory flags are read at import."""
+    if config.jax_platform:
+        os.environ["JAX_PLATFORMS"] = config.jax_platform
+    if config.mem_frac is not None:
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(config.mem_frac)
+
+
+def check_jax_platform(config: TrainConfig) -> None:
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise L2DError(f"--jax-platform={config.jax_platform}: {first_line}") from None
+
+
+def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> TrainConfig:
+    """The run's saved config, with the flags in ``allowed`` taken from the command line.
+
+    Any other flag typed with a value different from the run's is an error: a resumed run must
+    continue exactly, and a silently ignored flag would lie.
+    """
+    artifact_path = given.get("artifact_path", TrainConfig().artifact_path)
+    path = Path(artifact_path).expanduser().resolve() / run_id / "config.json"
+    if not path.is_file():
+        raise L2DError(f"--run-id={run_id}: no {path} (is --artifact-path right?)")
+    stored = TrainConfig.load(path)
+    for name, value in given.items():
+        if name not in allowed and getattr(stored, name) != value:
+            raise L2DError(
+                f"--{name.replace('_', '-')}={value}: run {run_id} was trained with "
+                f"{getattr(stored, name)}; omit the flag to use the run's value")
+    return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in allowed})
+
+
+def run_train_command(given: dict) -> None:
+    mode = given.pop("mode", "train")
+    resume = given.pop("resume", False)
+    run_id = given.pop("run_id", None)
+    if mode == "test" and resume:
+        raise L2DError("--resume and --test exclude each other")
+    if (resume or mode == "test") and not run_id:
+        raise L2DError(f"--{'resume' if resume else 'test'} needs --run-id")
+    if run_id and not (resume or mode == "test"):
+        raise L2DError(f"--run-id={run_id}: only used with --resume or --test")
+    if resume:
+        config = stored_config(given, run_id, allowed=RUNTIME_FIELDS)
+    elif mode == "test":
+        config = stored_config(given, run_id, allowed=RUNTIME_FIELDS | TEST_OVERRIDABLE)
+    else:
+        config = TrainConfig(**given)
+    config.validate()
+    configure_jax_environment(config)
+    check_jax_platform(config)
+    from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
+
+    if mode == "test":
+        train.test(config, run_id)
+    else:
+        metrics = train.train(config, resume_run_id=run_id)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        print(f"l2d: final test metrics: {summary}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "train":
+            run_train_command(args)
+    except L2DError as error:
+        print(f"l2d: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingDiverged as error:
+        print(f"l2d: error: training diverged: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (KeyboardInterrupt, Terminated):
+        print("l2d: interrupted; any started run is marked KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,165 @@
+"""The configuration of a training run: one frozen dataclass, checked once by ``validate()``."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from l2d.errors import L2DError
+
+MODEL_NAMES = ("cnn", "preact_resnet10")
+E_STEPS = ("exact", "mc")
+CLF_WEIGHTINGS = ("posterior", "uniform")
+
+# Fields that may change when a run is resumed or re-evaluated: they affect speed and where
+# things are written, never the numbers a run produces.
+RUNTIME_FIELDS = frozenset(
+    {
+        "tracking_uri",
+        "artifact_path",
+        "jax_platform",
+        "mem_frac",
+        "prefetch_size",
+        "num_threads",
+        "tqdm",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run. Flag names are these field names with dashes."""
+
+    # MLflow experiment the run belongs to, and a free-text description shown in the UI.
+    experiment_name: str = "l2d"
+    run_description: str = ""
+    # Manifests: one expert manifest per expert (same order in train and test) and one ground truth.
+    train_files: tuple[str, ...] = ()
+    train_groundtruth_file: str = ""
+    test_files: tuple[str, ...] = ()
+    test_groundtruth_file: str = ""
+    # Number of classes C; None infers it from the training ground truth as max(label) + 1.
+    num_classes: int | None = None
+    # Networks by registry name; width None takes the model's default (cnn 32, resnet 64).
+    clf_model: str = "cnn"
+    clf_width: int | None = None
+    dfr_model: str = "preact_resnet10"
+    dfr_width: int | None = None
+    # SGD with momentum, decoupled-from-bias weight decay and a cosine-decayed learning rate.
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    num_epochs: int = 100
+    # E-step: exact posterior, or Monte Carlo EM with `mc_samples` draws of z per input.
+    e_step: str = "exact"
+    mc_samples: int = 8
+    # Label smoothing of the experts' annotations in p(y | z = expert); 0 trusts them fully.
+    expert_smoothing: float = 0.0
+    # Classifier loss weights: q(classifier) as in the original, or 1 for every sample.
+    clf_weighting: str = "posterior"
+    # 4-pixel pad + random crop + horizontal flip of training images.
+    augment: bool = False
+    # Per-channel normalisation of pixels in [0, 1]; None computes it from the training set.
+    norm_mean: tuple[float, ...] | None = None
+    norm_std: tuple[float, ...] | None = None
+    # Keep decoded uint8 images in memory (fast) or decode from disk every epoch (large data).
+    cache_images: bool = True
+    # One seed for initialisation, data order, augmentation and Monte Carlo draws.
+    seed: int = 0
+    # Save a checkpoint every N epochs (and after the last), keeping the newest `keep_checkpoints`.
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 3
+    # Where runs are tracked (None: sqlite file ./mlflow.db) and where checkpoints go.
+    tracking_uri: str | None = None
+    artifact_path: str = "artifacts"
+    # JAX platform ("cpu", "cuda", ...; None lets JAX choose) and the GPU memory share it takes.
+    jax_platform: str | None = None
+    mem_frac: float | None = None
+    # Loader: batches prepared ahead of the training step, and decoding threads.
+    prefetch_size: int = 4
+    num_threads: int = 4
+    # Progress bars (they stay quiet anyway when output is not a terminal).
+    tqdm: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raise L2DError naming the first flag whose value cannot work; return self."""
+
+        def fail(flag: str, value: Any, problem: str) -> None:
+            raise L2DError(f"--{flag.replace('_', '-')}={value}: {problem}")
+
+        for name in ("train_groundtruth_file", "test_groundtruth_file"):
+            if not getattr(self, name):
+                fail(name, "''", "is required")
+        for name in ("train_files", "test_files"):
+            if not getattr(self, name):
+                fail(name, "''", "needs at least one expert manifest (comma-separated)")
+        if len(self.train_files) != len(self.test_files):
+            fail(
+                "test_files",
+                ",".join(self.test_files),
+                f"gives {len(self.test_files)} experts but --train-files gives "
+                f"{len(self.train_files)}; list the same experts in the same order",
+            )
+        for name in ("clf_model", "dfr_model"):
+            if getattr(self, name) not in MODEL_NAMES:
+                fail(name, getattr(self, name), f"unknown model; choose one of {MODEL_NAMES}")
+        if self.e_step not in E_STEPS:
+            fail("e_step", self.e_step, f"choose one of {E_STEPS}")
+        if self.clf_weighting not in CLF_WEIGHTINGS:
+            fail("clf_weighting", self.clf_weighting, f"choose one of {CLF_WEIGHTINGS}")
+        positive_ints = ("batch_size", "num_epochs", "mc_samples", "checkpoint_every",
+                         "keep_checkpoints", "prefetch_size", "num_threads")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                fail(name, getattr(self, name), "must be at least 1")
+        for name in ("num_classes", "clf_width", "dfr_width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(name, value, "must be at least 1")
+        if self.num_classes is not None and self.num_classes < 2:
+            fail("num_classes", self.num_classes, "must be at least 2")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            fail("lr", self.lr, "must be a positive number")
+        if not 0 <= self.momentum < 1:
+            fail("momentum", self.momentum, "must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            fail("weight_decay", self.weight_decay, "must be a non-negative number")
+        if not 0 <= self.expert_smoothing <= 1:
+            fail("expert_smoothing", self.expert_smoothing, "must be in [0, 1]")
+        if self.mem_frac is not None and not 0 < self.mem_frac <= 1:
+            fail("mem_frac", self.mem_frac, "must be in (0, 1]")
+        if (self.norm_mean is None) != (self.norm_std is None):
+            fail("norm_mean" if self.norm_mean is None else "norm_std", None,
+                 "give --norm-mean and --norm-std together")
+        if self.norm_std is not None:
+            if len(self.norm_mean) != len(self.norm_std):
+                fail("norm_std", ",".join(map(str, self.norm_std)),
+                     f"has {len(self.norm_std)} values but --norm-mean has {len(self.norm_mean)}")
+            if any(not (math.isfinite(s) and s > 0) for s in self.norm_std):
+                fail("norm_std", ",".join(map(str, self.norm_std)), "every value must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        tuples = {"train_files", "test_files", "norm_mean", "norm_std"}
+        return cls(**{
+            k: tuple(v) if k in tuples and v is not None else v
+            for k, v in values.items() if k in known
+        })
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise L2DError(f"{path}: cannot read the run's configuration: {error}") from None

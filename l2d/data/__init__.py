@@ -1,0 +1,1 @@
+"""Data: JSON manifests -> validated records -> decoded images -> batches of NumPy arrays."""

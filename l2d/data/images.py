@@ -1,0 +1,145 @@
+"""Decoding the images of a split through MLX-Data: validation, channel statistics, optional cache.
+
+``decode_all`` decodes every image of a split exactly once, in manifest order, on several threads.
+It checks that all images share one shape (MLX-Data's ``batch`` would silently pad mixed shapes),
+names the file behind a decode failure (MLX-Data only says ``load_stbi: could not load <path>``),
+and computes per-channel mean and std of the pixels scaled to [0, 1]. With ``keep=True`` it also
+keeps the uint8 pixels in one contiguous array, so that training never decodes again; with
+``keep=False`` the pipeline decodes from disk each epoch instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from l2d.data.manifest import SplitRecords
+from l2d.errors import L2DError
+
+# Images decoded per MLX-Data batch while scanning a split; only bounds memory and Python overhead.
+_SCAN_CHUNK = 256
+_LOAD_ERROR = re.compile(r"could not load <(.*)>")
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImages:
+    """What decoding a split found: the common image shape, channel statistics and maybe pixels."""
+
+    shape: tuple[int, int, int]  # (H, W, C) shared by every image of the split
+    channel_mean: np.ndarray  # float32 [C]: mean of pixel / 255 over all pixels of the split
+    channel_std: np.ndarray  # float32 [C]: population std (ddof=0) of pixel / 255
+    pixels: np.ndarray | None  # uint8 [N, H, W, C] in manifest order if kept, else None
+
+
+def image_buffer(files, indices: np.ndarray):
+    """An MLX-Data buffer of samples ``{"file", "index", "image"}`` for ``files[i]``, i in indices.
+
+    ``image`` is decoded lazily (uint8 HxWxC) when a sample is read; ``index`` is the row in the
+    split, so labels are gathered on the NumPy side and never travel through MLX-Data.
+    """
+    import mlx.data as dx  # imported here: importing l2d.data must stay cheap
+
+    samples = [
+        {"file": os.fsencode(files[i]), "index": np.array(i, dtype=np.int64)}
+        for i in indices.tolist()
+    ]
+    return dx.buffer_from_vector(samples).load_image("file", output_key="image")
+
+
+def raise_decode_error(split: SplitRecords, error: RuntimeError, candidates=None) -> None:
+    """Turn MLX-Data's vague decode RuntimeError into an L2DError naming file and manifest entry.
+
+    ``candidates`` (rows of the split, in order) are tried one by one to find the first file that
+    does not decode; without them, the path quoted in MLX-Data's message is used.
+    """
+    if candidates is not None and len(candidates):
+        buffer = image_buffer(split.files, np.asarray(candidates))
+        for j in range(buffer.size()):
+            try:
+                buffer[j]
+            except RuntimeError:
+                row = int(candidates[j])
+                raise L2DError(
+                    f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): "
+                    "image cannot be decoded"
+                ) from None
+    match = _LOAD_ERROR.search(str(error))
+    if match and match.group(1) in split.files:
+        row = split.files.index(match.group(1))
+        raise L2DError(
+            f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): image cannot be decoded"
+        ) from None
+    raise L2DError(f"{split.groundtruth_path}: decoding images failed: {error}") from None
+
+
+def raise_shape_error(split: SplitRecords, row: int, shape, expected) -> None:
+    raise L2DError(
+        f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): image shape "
+        f"{tuple(int(s) for s in shape)} differs from {tuple(int(s) for s in expected)} "
+        f"(the shape of entry 0, {split.files[0]!r})"
+    )
+
+
+def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedImages:
+    """Decode every image of ``split`` once: check shapes, compute channel stats, maybe keep pixels.
+
+    Raises L2DError naming the first file that cannot be decoded or whose shape differs from
+    the first image's.
+    """
+    if num_threads < 1:
+        raise L2DError(f"number of decoding threads must be >= 1, got {num_threads}")
+    n = split.num_samples
+    rows = np.arange(n)
+    # The per-sample "shape" key is exact, whereas the batched images may be padded.
+    stream = (
+        image_buffer(split.files, rows)
+        .shape("image", "image_shape")
+        .batch(_SCAN_CHUNK)
+        .ordered_prefetch(2 * num_threads, num_threads)
+    )
+    expected: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    histogram = None  # int64 [C, 256]: how often each uint8 value occurs per channel (exact)
+    done = 0
+    iterator = iter(stream)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        except RuntimeError as e:
+            # Every row before `done` decoded, so the first failure at or after it is the culprit.
+            raise_decode_error(split, e, rows[done:])
+        shapes = batch["image_shape"]  # int64 [b, 3]
+        if expected is None:
+            expected = shapes[0].copy()
+            if keep:
+                pixels = np.empty((n, *expected), dtype=np.uint8)
+            histogram = np.zeros((expected[2], 256), dtype=np.int64)
+        differs = (shapes != expected).any(axis=1)
+        if differs.any():
+            j = int(np.argmax(differs))
+            raise_shape_error(split, int(batch["index"][j]), shapes[j], expected)
+        images = batch["image"]  # uint8 [b, H, W, C]
+        flat = images.reshape(-1, images.shape[-1])
+        for c in range(flat.shape[1]):  # bincount is ~6x faster than sums of squares in float64
+            histogram[c] += np.bincount(flat[:, c], minlength=256)
+        if pixels is not None:
+            pixels[done : done + len(images)] = images
+        done += len(images)
+
+    values = np.arange(256, dtype=np.float64) / 255.0
+    count = n * int(expected[0]) * int(expected[1])
+    mean = histogram @ values / count  # float64 [C]
+    # Centred second moment from the histogram: exact counts, no cancellation.
+    var = (histogram * np.square(values - mean[:, None])).sum(axis=1) / count
+    std = np.sqrt(var)
+    return DecodedImages(
+        shape=(int(expected[0]), int(expected[1]), int(expected[2])),
+        channel_mean=mean.astype(np.float32),
+        channel_std=std.astype(np.float32),
+        pixels=pixels,
+    )

@@ -1,0 +1,12 @@
+"""The one exception type for mistakes a user can fix (bad files, flags, unreachable servers)."""
+
+
+class L2DError(Exception):
+    """A user-facing error: the CLI prints its one-line message to stderr and exits with code 2.
+
+    The message must name the file, the entry and the problem, so that no traceback is needed.
+    """
+
+
+class TrainingDiverged(Exception):
+    """A logged metric is NaN or infinite: training stops, the last good checkpoint is kept."""

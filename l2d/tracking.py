@@ -1,0 +1,143 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+The default store is embedded (``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``)
+so nothing has to be started; ``--tracking-uri http://...`` talks to ``mlflow_server.sh``.
+Every run this module starts ends FINISHED, FAILED or KILLED, never RUNNING.
+"""
+
+import contextlib
+import os
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+from l2d.errors import L2DError
+
+# MLflow's import-time and per-call chatter (progress bars, URLs, telemetry) is off unless the
+# user set these variables themselves.
+QUIET_ENVIRONMENT = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+# Seconds to wait for a tracking server's /health before giving up.
+HEALTH_TIMEOUT_S = 5
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that a terminated run ends KILLED, like Ctrl-C."""
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any training work, if the tracking store cannot be used."""
+    if is_remote(uri):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
+                if response.status == 200:
+                    return
+                problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            problem = str(getattr(error, "reason", error))
+        raise L2DError(
+            f"--tracking-uri={uri}: MLflow server not reachable ({problem}); "
+            "start it with ./mlflow_server.sh or omit --tracking-uri for the local store")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder, os.W_OK):
+            raise L2DError(f"--tracking-uri={uri}: folder {folder} is not writable")
+
+
+class Tracker:
+    """A thin layer over MLflow's fluent API for one run at a time."""
+
+    def __init__(self, uri: str):
+        for name, value in QUIET_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        import mlflow  # Imported here: it costs seconds and `l2d --help` must stay instant.
+
+        self._mlflow = mlflow
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        self.client = mlflow.MlflowClient(uri)
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A local store gets an explicit artifact folder beside the database; a server chooses its
+        # own (it serves artifacts), so nothing is set there.
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            folder = Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name
+            location = folder.as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except self._mlflow.exceptions.MlflowException:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def run(
+        self, *, experiment_name: str, description: str, run_id: str | None = None
+    ) -> Iterator[str]:
+        """Start (or, with ``run_id``, reopen) a run; yield its id; always end it with a status.
+
+        FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM, FAILED on any exception.
+        """
+        experiment_id = None if run_id else self._experiment_id(experiment_name)
+        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+        active = self._mlflow.start_run(
+            run_id=run_id, experiment_id=experiment_id, description=description or None,
+            log_system_metrics=True,
+        )
+        status = "FAILED"
+        try:
+            yield active.info.run_id
+            status = "FINISHED"
+        except (KeyboardInterrupt, Terminated):
+            status = "KILLED"
+            raise
+        finally:
+            self._mlflow.end_run(status=status)
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._mlflow.log_params({k: "" if v is None else v for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        self._mlflow.log_metrics(metrics, step=step)
+
+    def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
+        self._mlflow.log_dict(values, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_dict_to(self, run_id: str, values: dict[str, Any], artifact_file: str) -> None:
+        """Log to a run without reopening it, so its status (FINISHED, KILLED...) stays as it is."""
+        self.client.log_dict(run_id, values, artifact_file)
+
+    def run_url(self, run_id: str) -> str:
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")

@@ -1,0 +1,175 @@
+"""Training and evaluation runs: data checks, MLflow run, epoch loop, checkpoints, resume.
+
+Order of work in ``train``: every check that can fail on user input (flags, tracking store,
+artifact folder, manifests, images) runs before the MLflow run is created, so a bad input never
+leaves a run behind; once the run exists, every exit ends it with a status.
+"""
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from l2d import checkpoint
+from l2d.config import TrainConfig
+from l2d.data.dataset import Dataset, load_dataset, load_test_split
+from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
+from l2d.errors import L2DError, TrainingDiverged
+from l2d.evaluate import deferral_table, evaluate, make_eval_step, summarise
+from l2d.system import build_system
+from l2d.tracking import Tracker, check_reachable, default_tracking_uri
+from l2d.train_step import make_train_step, zero_train_totals
+
+CONFIG_FILE = "config.json"
+
+
+def run_folder(config: TrainConfig, run_id: str) -> Path:
+    """``<artifact_path>/<run_id>``: the run's configuration and checkpoints."""
+    return Path(config.artifact_path).expanduser().resolve() / run_id
+
+
+def check_artifact_path(config: TrainConfig) -> None:
+    folder = Path(config.artifact_path).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".l2d-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise L2DError(f"--artifact-path={config.artifact_path}: not writable ({error.strerror})")
+
+
+def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """The config with every derived value written in: classes and normalisation statistics."""
+    mean, std = dataset.normalisation(config)
+    return dataclasses.replace(
+        config, num_classes=dataset.num_classes,
+        norm_mean=tuple(round(float(m), 6) for m in mean),
+        norm_std=tuple(round(float(s), 6) for s in std),
+    )
+
+
+def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str, float]:
+    """Train (or resume) a run; return its final test metrics."""
+    config.validate()
+    uri = config.tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    check_artifact_path(config)
+    dataset = load_dataset(config)
+    tracker = Tracker(uri)
+    if resume_run_id is not None and not tracker.run_exists(resume_run_id):
+        raise L2DError(f"--run-id={resume_run_id}: no such run in {tracker.uri}")
+    config = resolve(config, dataset)
+    steps_per_epoch = train_steps_per_epoch(
+        dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
+    graphdef, state = build_system(
+        config, in_channels=dataset.image_shape[-1], num_classes=dataset.num_classes,
+        num_experts=dataset.num_experts, total_steps=config.num_epochs * steps_per_epoch)
+
+    with tracker.run(experiment_name=config.experiment_name,
+                     description=config.run_description, run_id=resume_run_id) as run_id:
+        folder = run_folder(config, run_id)
+        manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
+        start_epoch = 0
+        if resume_run_id is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            config.save(folder / CONFIG_FILE)
+            tracker.log_params(config.to_dict())
+            tracker.log_dict(config.to_dict(), CONFIG_FILE)
+            tracker.set_tags({"checkpoints": str(folder / "checkpoints")})
+        else:
+            state, start_epoch = checkpoint.restore_latest(
+                manager, checkpoint.abstract(state), seed=config.seed)
+        print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
+              + ("" if tracker.uri.startswith("http") else
+                 f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
+              file=sys.stderr)
+        try:
+            metrics, counts = fit(config, dataset, graphdef, state, tracker, manager,
+                                  start_epoch=start_epoch, steps_per_epoch=steps_per_epoch)
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+        tracker.log_dict(metrics, "final_metrics.json")
+        tracker.log_dict(deferral_table(counts), "deferral_table.json")
+    return metrics
+
+
+def fit(config, dataset, graphdef, state, tracker, manager, *, start_epoch, steps_per_epoch):
+    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts)."""
+    mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
+    train_step = make_train_step(graphdef, config=config, num_classes=dataset.num_classes,
+                                 channel_mean=mean, channel_std=std)
+    eval_step = make_eval_step(graphdef, num_classes=dataset.num_classes,
+                               channel_mean=mean, channel_std=std)
+    loader = dict(prefetch_size=config.prefetch_size, num_threads=config.num_threads)
+    quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
+    metrics, counts = {}, {}
+    epochs = tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
+                  total=config.num_epochs, disable=quiet, file=sys.stderr)
+    for epoch in epochs:
+        totals = zero_train_totals()
+        batches = train_batches(dataset.train, dataset.train_images, batch_size=config.batch_size,
+                                seed=config.seed, epoch=epoch, **loader)
+        for index, batch in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
+                                           total=steps_per_epoch, disable=quiet, file=sys.stderr)):
+            state, totals = train_step(state, totals, batch, epoch * steps_per_epoch + index)
+        train_metrics = {k: float(v) / steps_per_epoch for k, v in jax.device_get(totals).items()}
+        # The only host sync of the epoch: NaN shows here, before a checkpoint could store it.
+        diverged = {k: v for k, v in train_metrics.items() if not math.isfinite(v)}
+        if diverged:
+            last = manager.latest_step()
+            raise TrainingDiverged(
+                f"epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in diverged.items())}; "
+                "stopped, " + (f"last good checkpoint: epoch {last} in {manager.directory}"
+                               if last is not None else "no checkpoint was written"))
+        counts = evaluate(eval_step, state, eval_batches(
+            dataset.test, dataset.test_images, batch_size=config.batch_size, **loader),
+            num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        metrics = summarise(counts)
+        tracker.log_metrics({**train_metrics, **metrics}, step=epoch + 1)
+        epochs.set_postfix(accuracy=f"{metrics['accuracy']:.3f}",
+                           coverage=f"{metrics['coverage/test']:.2f}")
+        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
+            checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed)
+    return metrics, counts
+
+
+def test(config: TrainConfig, run_id: str) -> dict[str, float]:
+    """Evaluate the latest checkpoint of ``run_id`` on the test manifests; no training."""
+    config.validate()
+    uri = config.tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    test_split, test_images = load_test_split(config, config.num_classes)
+    tracker = Tracker(uri)
+    if not tracker.run_exists(run_id):
+        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
+    folder = run_folder(config, run_id)
+    if test_images.shape[-1] != len(config.norm_mean):
+        raise L2DError(f"{test_split.groundtruth_path}: images have {test_images.shape[-1]} "
+                       f"channels, the run was trained on {len(config.norm_mean)}")
+    graphdef, state = build_system(
+        config, in_channels=test_images.shape[-1], num_classes=config.num_classes,
+        num_experts=test_split.num_experts, total_steps=1)
+    manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
+    state, epoch = checkpoint.restore_latest(manager, checkpoint.abstract(state), seed=config.seed)
+    manager.close()
+    mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
+    eval_step = make_eval_step(graphdef, num_classes=config.num_classes,
+                               channel_mean=mean, channel_std=std)
+    counts = evaluate(eval_step, state, eval_batches(
+        test_split, test_images, batch_size=config.batch_size,
+        prefetch_size=config.prefetch_size, num_threads=config.num_threads),
+        num_classes=config.num_classes, num_experts=test_split.num_experts)
+    metrics = summarise(counts)
+    result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
+              "test_files": list(config.test_files), "metrics": metrics,
+              "deferral_table": deferral_table(counts)}
+    tracker.log_dict_to(run_id, result, f"test/epoch_{epoch}.json")
+    print(json.dumps({"checkpoint_epoch": epoch, **metrics}, indent=2))
+    return metrics

@@ -1,0 +1,188 @@
+"""End-to-end runs of the real CLI with real MLflow stores: pulse, server, SIGKILL + resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+
+
+def train_argv(data: dict, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "l2d", "train",
+        "--train-files", ",".join(data["train_experts"]),
+        "--train-groundtruth-file", data["train_groundtruth"],
+        "--test-files", ",".join(data["test_experts"]),
+        "--test-groundtruth-file", data["test_groundtruth"],
+        *TINY_MODELS, *extra,
+    ]
+
+
+def run_cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=cwd, env={**cli_env(), **env}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def only_run(client: MlflowClient):
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def final_metrics(client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
+    path = client.download_artifacts(run_id, "final_metrics.json", str(tmp_path))
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return make_dataset(root, num_train=40, num_test=12, num_classes=3, num_experts=2)
+
+
+def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
+    run_cli(train_argv(dataset, "--batch-size", "8", "--num-epochs", "3",
+                       "--checkpoint-every", "2", "--augment", "--e-step", "mc"), tmp_path,
+            # Sample system metrics often enough for a run of seconds (default: every 10 s).
+            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2",
+            MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    for name in ("loss/clf", "loss/dfr", "coverage/train", "coverage/test", "accuracy",
+                 "clf_accuracy/all", "expert_0/share", "expert_1/accuracy_received"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2, 3], name
+    params = run.data.params
+    assert params["train_groundtruth_file"] == dataset["train_groundtruth"]
+    assert params["test_files"] == str(tuple(dataset["test_experts"]))
+    assert params["num_classes"] == "3" and params["e_step"] == "mc"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "final_metrics.json", "deferral_table.json"} <= artifacts
+    metrics = final_metrics(client, run.info.run_id, tmp_path)
+    assert metrics["accuracy"] == run.data.metrics["accuracy"]
+    checkpoints = Path(run.data.tags["checkpoints"])
+    assert checkpoints == tmp_path / "artifacts" / run.info.run_id / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "3"]
+    # The system metrics monitor ran alongside (psutil is installed).
+    assert any(name.startswith("system/") for name in run.data.metrics)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read()
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"MLflow server at {url} not healthy after {timeout_s} s")
+
+
+def test_run_logged_to_a_real_mlflow_server(dataset, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "served")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        wait_healthy(url, server)
+        run_cli(train_argv(dataset, "--batch-size", "8", "--num-epochs", "2",
+                           "--tracking-uri", url), tmp_path)
+        client = MlflowClient(url)
+        run = only_run(client)
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2]
+        assert final_metrics(client, run.info.run_id, tmp_path)["accuracy"] == pytest.approx(
+            run.data.metrics["accuracy"])
+        # Artifacts went through the server into its own folder, not the client's.
+        assert list((tmp_path / "served").rglob("final_metrics.json"))
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert server.returncode is not None
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
+    epochs = 30
+    argv = train_argv(dataset, "--batch-size", "8", "--num-epochs", str(epochs),
+                      "--checkpoint-every", "1", "--keep-checkpoints", "2", "--augment",
+                      "--seed", "3")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir(), interrupted.mkdir()
+    run_cli(argv, straight)
+
+    victim = subprocess.Popen(argv, cwd=interrupted, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    artifacts = interrupted / "artifacts"
+    deadline = time.monotonic() + 300
+    while not list(artifacts.glob("*/checkpoints/2")):
+        assert victim.poll() is None, victim.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (run_folder,) = artifacts.iterdir()
+    run_id = run_folder.name
+    interrupted_client = MlflowClient(f"sqlite:///{interrupted / 'mlflow.db'}")
+    kept = sorted(int(p.name) for p in (run_folder / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept and kept[-1] < epochs, "the run finished before it was killed"
+    assert interrupted_client.get_run(run_id).info.status == "RUNNING"  # SIGKILL can't be caught.
+
+    run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id,
+             "--no-tqdm"], interrupted)
+
+    straight_client = MlflowClient(f"sqlite:///{straight / 'mlflow.db'}")
+    straight_run = only_run(straight_client)
+    resumed_run = interrupted_client.get_run(run_id)
+    assert resumed_run.info.status == "FINISHED"
+    np.testing.assert_equal(final_metrics(interrupted_client, run_id, tmp_path),
+                            final_metrics(straight_client, straight_run.info.run_id, tmp_path))
+    for name in ("loss/clf", "loss/dfr", "accuracy"):
+        assert resumed_run.data.metrics[name] == straight_run.data.metrics[name], name
+
+
+def test_diverging_run_stops_with_a_clear_message_and_ends_failed(dataset, tmp_path):
+    result = subprocess.run(train_argv(dataset, "--batch-size", "8", "--num-epochs", "2",
+                                       "--lr", "1e30"),
+                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert "training diverged: epoch 1" in lines[-1] and "no checkpoint was written" in lines[-1]
+    assert "Traceback" not in result.stderr
+    run = only_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert run.info.status == "FAILED"
+    assert not list((tmp_path / "artifacts").glob("*/checkpoints/*"))
