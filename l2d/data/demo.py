@@ -1,0 +1,75 @@
+"""The built-in demo dataset: scikit-learn's bundled handwritten digits as PNG files + manifests.
+
+1,797 grayscale 8x8 digits (10 classes) ship inside scikit-learn, so the demo needs no network.
+Two synthetic class-specialist experts make deferral worthwhile: expert 0 is always right on
+digits 0-4, expert 1 on digits 5-9, and each answers uniformly at random (any of the 10 classes,
+the true one included, so right 10% of the time) elsewhere.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+TEST_SHARE = 0.2
+SPECIALTIES = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+# Written last: its presence means the folder holds a complete dataset.
+COMPLETE_MARKER = "manifests.json"
+
+
+def demo_manifests(folder: Path) -> dict[str, list[str] | str] | None:
+    """The manifest paths of a complete demo dataset in ``folder``, or None."""
+    marker = folder / COMPLETE_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def specialist_labels(labels: np.ndarray, specialty: tuple[int, ...], num_classes: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    random_answers = rng.integers(0, num_classes, labels.shape[0])
+    return np.where(np.isin(labels, specialty), labels, random_answers)
+
+
+def write_manifest(path: Path, files: list[str], labels: np.ndarray) -> str:
+    path.write_text(json.dumps(
+        [{"file": f, "label": int(label)} for f, label in zip(files, labels)], indent=0))
+    return str(path)
+
+
+def build_demo_dataset(folder: Path, *, seed: int = 0) -> dict[str, list[str] | str]:
+    """Write images, ground truth and expert manifests for a seeded stratified split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; spread them over 0..255.
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    num_classes = int(labels.max()) + 1
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), bool)
+    for c in range(num_classes):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        is_test[members[: round(TEST_SHARE * len(members))]] = True
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifests: dict[str, list[str] | str] = {}
+    for split, in_split in (("train", ~is_test), ("test", is_test)):
+        (folder / split).mkdir(exist_ok=True)
+        indices = np.flatnonzero(in_split)
+        files = [f"{split}/{i:04d}.png" for i in indices]
+        for index, name in zip(indices, files):
+            Image.fromarray(images[index]).save(folder / name)
+        split_labels = labels[indices]
+        manifests[f"{split}_groundtruth"] = write_manifest(
+            folder / f"{split}_groundtruth.json", files, split_labels)
+        experts = []
+        for k, specialty in enumerate(SPECIALTIES):
+            # One generator per (seed, expert, split): an expert behaves the same on both splits.
+            expert_rng = np.random.default_rng([seed, k, split == "test"])
+            name = f"{split}_specialist_{specialty[0]}-{specialty[-1]}_{seed}.json"
+            experts.append(write_manifest(
+                folder / name, files,
+                specialist_labels(split_labels, specialty, num_classes, expert_rng)))
+        manifests[f"{split}_experts"] = experts
+    (folder / COMPLETE_MARKER).write_text(json.dumps(manifests, indent=2))
+    return manifests
