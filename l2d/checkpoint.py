@@ -37,12 +37,15 @@ def save(manager: ocp.CheckpointManager, state: nnx.State, *, next_epoch: int, s
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, abstract_state: nnx.State, *, seed: int
+    directory: Path, abstract_state: nnx.State, *, seed: int
 ) -> tuple[nnx.State, int]:
-    """Return (state, next_epoch) of the newest checkpoint; L2DError if there is none."""
-    latest = manager.latest_step()
+    """Return (state, next_epoch) of the newest checkpoint in ``directory``; L2DError if none."""
+    latest = None
+    if directory.is_dir():
+        manager = ocp.CheckpointManager(directory)
+        latest = manager.latest_step()
     if latest is None:
-        raise L2DError(f"{manager.directory}: no checkpoint to resume from")
+        raise L2DError(f"{directory}: no checkpoint to resume from or evaluate")
     restored = manager.restore(
         latest,
         args=ocp.args.Composite(
@@ -50,10 +53,10 @@ def restore_latest(
             progress=ocp.args.JsonRestore(),
         ),
     )
+    manager.close()
     progress = restored["progress"]
     if progress["seed"] != seed:
-        raise L2DError(
-            f"{manager.directory}: checkpoint was made with seed {progress['seed']}, not {seed}")
+        raise L2DError(f"{directory}: checkpoint was made with seed {progress['seed']}, not {seed}")
     return restored["state"], int(progress["next_epoch"])
 
 

@@ -39,7 +39,8 @@ def comma_floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(item) for item in comma_list(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(data, "--norm-mean", "per-channel mean of pixels in [0,1]; computed from the training set "
         "when omitted", type=comma_floats)
     add(data, "--norm-std", "per-channel std, given together with --norm-mean", type=comma_floats)
-    add(data, "--stream-from-disk", "decode images from disk every epoch instead of keeping them in "
-        "memory (for datasets larger than RAM)", dest="cache_images", action="store_false")
+    add(data, "--stream-from-disk", "decode images from disk every epoch instead of keeping "
+        "them in memory (for datasets larger than RAM)", dest="cache_images", action="store_false")
     add(data, "--prefetch-size", "batches prepared ahead of the training step", type=int)
     add(data, "--num-threads", "image decoding threads", type=int)
 
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "--clf-width", "classifier width (cnn: channels, default 32)", type=int)
     add(model, "--dfr-model", "gating (deferral) network", choices=MODEL_NAMES)
     add(model, "--dfr-width", "gating network base width (preact_resnet10: default 64)", type=int)
-    add(model, "--e-step", "posterior of the E-step: exact, or Monte Carlo samples", choices=E_STEPS)
+    add(model, "--e-step", "posterior of the E-step: exact, or Monte Carlo samples",
+        choices=E_STEPS)
     add(model, "--mc-samples", "samples of z per input for --e-step mc", type=int)
     add(model, "--expert-smoothing", "label smoothing eps of expert annotations in p(y | expert)",
         type=float)

@@ -23,6 +23,7 @@ RUNTIME_FIELDS = frozenset(
         "prefetch_size",
         "num_threads",
         "tqdm",
+        "cache_images",
     }
 )
 

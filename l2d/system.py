@@ -1,5 +1,6 @@
 """The deferral system (classifier + gating model) and its two optimizers, built from a config."""
 
+import functools
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ def decays(params: Any) -> Any:
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """SGD with momentum, masked weight decay and a cosine-decayed learning rate, as the original."""
+    """SGD with momentum, masked weight decay and a cosine-decayed learning rate, as originally."""
     schedule = optax.cosine_decay_schedule(config.lr, decay_steps=total_steps)
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=decays),
@@ -35,12 +36,14 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     )
 
 
-def build_system(
+def create_system(
     config: TrainConfig, *, in_channels: int, num_classes: int, num_experts: int,
     total_steps: int,
-) -> tuple[nnx.GraphDef, nnx.State]:
-    """Initialise both networks from ``config.seed`` and split (system, optimizers) for jax.jit."""
-    rngs = nnx.Rngs(params=config.seed)
+) -> tuple[DeferralSystem, nnx.Optimizer, nnx.Optimizer]:
+    """Both networks, initialised from ``config.seed``, and their optimizers."""
+    # RBG keys: XLA compiles their sampling in milliseconds where threefry takes about a second
+    # per parameter shape on a CPU; initialisation stays a pure function of the seed.
+    rngs = nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"))
     system = DeferralSystem(
         classifier=build_model(config.clf_model, in_channels=in_channels,
                                num_outputs=num_classes, width=config.clf_width, rngs=rngs),
@@ -48,6 +51,21 @@ def build_system(
                          num_outputs=num_experts + 1, width=config.dfr_width, rngs=rngs),
     )
     tx = make_optimizer(config, total_steps)
-    clf_optimizer = nnx.Optimizer(system.classifier, tx, wrt=nnx.Param)
-    gate_optimizer = nnx.Optimizer(system.gate, tx, wrt=nnx.Param)
-    return nnx.split((system, clf_optimizer, gate_optimizer))
+    return (system, nnx.Optimizer(system.classifier, tx, wrt=nnx.Param),
+            nnx.Optimizer(system.gate, tx, wrt=nnx.Param))
+
+
+def build_system(
+    config: TrainConfig, *, in_channels: int, num_classes: int, num_experts: int,
+    total_steps: int, abstract: bool = False,
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """``create_system`` split into (graphdef, state) for jax.jit.
+
+    Initialisation runs as one compiled program (one compilation instead of one per parameter
+    shape). ``abstract=True`` gives shapes and dtypes only, instantly: the template a checkpoint
+    is restored into.
+    """
+    create = functools.partial(create_system, config, in_channels=in_channels,
+                               num_classes=num_classes, num_experts=num_experts,
+                               total_steps=total_steps)
+    return nnx.split(nnx.eval_shape(create) if abstract else nnx.jit(create)())

@@ -1,11 +1,12 @@
 """MLflow tracking: the only module that imports mlflow.
 
-The default store is embedded (``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``)
+The default store is embedded (``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``),
 so nothing has to be started; ``--tracking-uri http://...`` talks to ``mlflow_server.sh``.
 Every run this module starts ends FINISHED, FAILED or KILLED, never RUNNING.
 """
 
 import contextlib
+import logging
 import os
 import signal
 import urllib.error
@@ -23,6 +24,10 @@ QUIET_ENVIRONMENT = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+
+# Servers, the embedded sqlite store, and the databases MLflow's SQL store speaks (their Python
+# drivers are not installed by requirements.txt).
+SUPPORTED_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "mysql://", "mssql://")
 
 # Seconds to wait for a tracking server's /health before giving up.
 HEALTH_TIMEOUT_S = 5
@@ -42,6 +47,10 @@ def is_remote(uri: str) -> bool:
 
 def check_reachable(uri: str) -> None:
     """Fail fast, before any training work, if the tracking store cannot be used."""
+    if not uri.startswith(SUPPORTED_SCHEMES):
+        raise L2DError(
+            f"--tracking-uri={uri}: unsupported; use http(s)://HOST:PORT (a tracking server), "
+            "sqlite:///ABSOLUTE/PATH.db or a database URI (postgresql://, mysql://, mssql://)")
     if is_remote(uri):
         url = uri.rstrip("/") + "/health"
         try:
@@ -64,14 +73,24 @@ class Tracker:
     """A thin layer over MLflow's fluent API for one run at a time."""
 
     def __init__(self, uri: str):
+        user_chose_level = "MLFLOW_LOGGING_LEVEL" in os.environ
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         import mlflow  # Imported here: it costs seconds and `l2d --help` must stay instant.
 
+        if not user_chose_level:
+            # The variable works only if mlflow was not imported yet (e.g. by a caller's code).
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         self._mlflow = mlflow
         self.uri = uri
         mlflow.set_tracking_uri(uri)
-        self.client = mlflow.MlflowClient(uri)
+        try:
+            self.client = mlflow.MlflowClient(uri)
+            self.client.search_experiments(max_results=1)
+        except Exception as error:  # Any driver or store error: the store is unusable.
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise L2DError(
+                f"--tracking-uri={uri}: cannot open the tracking store: {first_line}") from None
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)

@@ -6,6 +6,7 @@ leaves a run behind; once the run exists, every exit ends it with a status.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -41,7 +42,8 @@ def check_artifact_path(config: TrainConfig) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise L2DError(f"--artifact-path={config.artifact_path}: not writable ({error.strerror})")
+        raise L2DError(
+            f"--artifact-path={config.artifact_path}: not writable ({error.strerror})") from None
 
 
 def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
@@ -61,30 +63,38 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     check_reachable(uri)
     check_artifact_path(config)
     dataset = load_dataset(config)
-    tracker = Tracker(uri)
-    if resume_run_id is not None and not tracker.run_exists(resume_run_id):
-        raise L2DError(f"--run-id={resume_run_id}: no such run in {tracker.uri}")
     config = resolve(config, dataset)
+    tracker = Tracker(uri)
     steps_per_epoch = train_steps_per_epoch(
         dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
-    graphdef, state = build_system(
-        config, in_channels=dataset.image_shape[-1], num_classes=dataset.num_classes,
-        num_experts=dataset.num_experts, total_steps=config.num_epochs * steps_per_epoch)
+    build = functools.partial(
+        build_system, config, in_channels=dataset.image_shape[-1],
+        num_classes=dataset.num_classes, num_experts=dataset.num_experts,
+        total_steps=config.num_epochs * steps_per_epoch)
+    start_epoch = 0
+    if resume_run_id is None:
+        graphdef, state = build()
+    else:
+        if not tracker.run_exists(resume_run_id):
+            raise L2DError(f"--run-id={resume_run_id}: no such run in {tracker.uri}")
+        graphdef, template = build(abstract=True)
+        state, start_epoch = checkpoint.restore_latest(
+            run_folder(config, resume_run_id) / "checkpoints", checkpoint.abstract(template),
+            seed=config.seed)
+        if start_epoch >= config.num_epochs:
+            raise L2DError(f"--run-id={resume_run_id}: already trained all {config.num_epochs} "
+                           "epochs; evaluate it with --test")
 
     with tracker.run(experiment_name=config.experiment_name,
                      description=config.run_description, run_id=resume_run_id) as run_id:
         folder = run_folder(config, run_id)
         manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
-        start_epoch = 0
         if resume_run_id is None:
             folder.mkdir(parents=True, exist_ok=True)
             config.save(folder / CONFIG_FILE)
             tracker.log_params(config.to_dict())
             tracker.log_dict(config.to_dict(), CONFIG_FILE)
             tracker.set_tags({"checkpoints": str(folder / "checkpoints")})
-        else:
-            state, start_epoch = checkpoint.restore_latest(
-                manager, checkpoint.abstract(state), seed=config.seed)
         print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
               + ("" if tracker.uri.startswith("http") else
                  f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
@@ -149,16 +159,15 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     tracker = Tracker(uri)
     if not tracker.run_exists(run_id):
         raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
-    folder = run_folder(config, run_id)
     if test_images.shape[-1] != len(config.norm_mean):
         raise L2DError(f"{test_split.groundtruth_path}: images have {test_images.shape[-1]} "
                        f"channels, the run was trained on {len(config.norm_mean)}")
-    graphdef, state = build_system(
+    graphdef, template = build_system(
         config, in_channels=test_images.shape[-1], num_classes=config.num_classes,
-        num_experts=test_split.num_experts, total_steps=1)
-    manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
-    state, epoch = checkpoint.restore_latest(manager, checkpoint.abstract(state), seed=config.seed)
-    manager.close()
+        num_experts=test_split.num_experts, total_steps=1, abstract=True)
+    state, epoch = checkpoint.restore_latest(
+        run_folder(config, run_id) / "checkpoints", checkpoint.abstract(template),
+        seed=config.seed)
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
     eval_step = make_eval_step(graphdef, num_classes=config.num_classes,
                                channel_mean=mean, channel_std=std)

@@ -1,13 +1,46 @@
-"""Shared test helpers: ``make_dataset`` writes a tiny image dataset and its manifests."""
+"""Shared test helpers: a tiny image dataset with manifests, JSON files, the CLI's environment."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+# A proxy in the environment would carry requests to loopback servers away from this machine.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                   "ALL_PROXY")
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for ``python -m l2d`` subprocesses: this checkout, the CPU, no proxy."""
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def free_port() -> int:
+    """A local TCP port that nobody listens on (bound and released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def dump(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(data if isinstance(data, str) else json.dumps(data))
 
 
 def make_dataset(

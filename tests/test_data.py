@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 
 import numpy as np
 import pytest
+from conftest import dump, load, make_dataset
 from PIL import Image
 
-from conftest import make_dataset
 from l2d.data.images import decode_all
 from l2d.data.manifest import check_labels, infer_num_classes, load_split, read_manifest
 from l2d.data.pipeline import (
@@ -21,16 +20,6 @@ from l2d.data.pipeline import (
     train_steps_per_epoch,
 )
 from l2d.errors import L2DError
-
-
-def _load(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _dump(path, data):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(data if isinstance(data, str) else json.dumps(data))
 
 
 def _train(d):
@@ -50,7 +39,7 @@ def _raises(fn, *fragments):
 
 def _image_path(d, entry):
     folder = os.path.dirname(d["train_groundtruth"])
-    return os.path.join(folder, _load(d["train_groundtruth"])[entry]["file"])
+    return os.path.join(folder, load(d["train_groundtruth"])[entry]["file"])
 
 
 # ---------------------------------------------------------------- manifest validation
@@ -79,7 +68,7 @@ def _image_path(d, entry):
 )
 def test_read_manifest_rejects_bad_content(tmp_path, content, fragments):
     path = str(tmp_path / "m.json")
-    _dump(path, content)
+    dump(path, content)
     _raises(lambda: read_manifest(path), path, *fragments)
 
 
@@ -93,19 +82,19 @@ def test_relative_and_absolute_paths(tmp_path, tiny_dataset):
     sub.mkdir()
     absolute = os.path.join(str(tmp_path), "images", "train_0000.png")
     path = str(sub / "m.json")
-    _dump(path, [{"file": absolute, "label": 1}, {"file": "../images/train_0001.png", "label": 2}])
+    dump(path, [{"file": absolute, "label": 1}, {"file": "../images/train_0001.png", "label": 2}])
     assert read_manifest(path) == [
         (absolute, 1),
         (os.path.join(str(tmp_path), "images", "train_0001.png"), 2),
     ]
     # The same file named absolutely and relatively is a duplicate.
-    _dump(path, [{"file": absolute, "label": 1}, {"file": "../images/train_0000.png", "label": 2}])
+    dump(path, [{"file": absolute, "label": 1}, {"file": "../images/train_0000.png", "label": 2}])
     _raises(lambda: read_manifest(path), path, "entry 1", "duplicate")
 
 
 def test_load_split_reads_fixture(tiny_dataset):
     split = _train(tiny_dataset)
-    truth = _load(tiny_dataset["train_groundtruth"])
+    truth = load(tiny_dataset["train_groundtruth"])
     assert split.num_samples == 20 and split.num_experts == 2
     assert split.labels.dtype == np.int32 and split.expert_labels.dtype == np.int32
     assert split.expert_labels.shape == (20, 2)
@@ -122,8 +111,8 @@ def test_load_split_reads_fixture(tiny_dataset):
 def test_experts_align_by_file_not_position(tiny_dataset):
     before = _train(tiny_dataset)
     path = tiny_dataset["train_experts"][1]
-    entries = _load(path)
-    _dump(path, [entries[i] for i in np.random.default_rng(1).permutation(len(entries))])
+    entries = load(path)
+    dump(path, [entries[i] for i in np.random.default_rng(1).permutation(len(entries))])
     after = _train(tiny_dataset)
     np.testing.assert_array_equal(after.expert_labels, before.expert_labels)
     assert after.files == before.files
@@ -131,17 +120,17 @@ def test_experts_align_by_file_not_position(tiny_dataset):
 
 def test_expert_missing_a_file(tiny_dataset):
     path = tiny_dataset["train_experts"][1]
-    entries = _load(path)
+    entries = load(path)
     dropped = entries.pop(4)["file"]
-    _dump(path, entries)
+    dump(path, entries)
     _raises(lambda: _train(tiny_dataset), path, os.path.basename(dropped), "entry 4")
 
 
 def test_expert_with_an_extra_file(tiny_dataset):
     path = tiny_dataset["train_experts"][0]
-    entries = _load(path)
+    entries = load(path)
     entries.append({"file": "images/test_0000.png", "label": 0})
-    _dump(path, entries)
+    dump(path, entries)
     _raises(lambda: _train(tiny_dataset), path, "entry 20", "test_0000.png", "not in the ground")
 
 
@@ -170,9 +159,9 @@ def test_num_classes_smaller_than_labels(tiny_dataset):
 
 def test_label_out_of_range(tiny_dataset):
     gt = tiny_dataset["test_groundtruth"]
-    entries = _load(gt)
+    entries = load(gt)
     entries[3]["label"] = 7
-    _dump(gt, entries)
+    dump(gt, entries)
     split = load_split(gt, tiny_dataset["test_experts"])
     _raises(lambda: check_labels(split, 3), gt, "entry 3", entries[3]["file"], "label 7")
     check_labels(split, 8)
@@ -180,9 +169,9 @@ def test_label_out_of_range(tiny_dataset):
 
 def test_expert_label_out_of_range_names_the_expert_entry(tiny_dataset):
     path = tiny_dataset["test_experts"][1]
-    entries = _load(path)[::-1]  # reversed, so entry indices differ from the ground truth's
+    entries = load(path)[::-1]  # reversed, so entry indices differ from the ground truth's
     entries[2]["label"] = 9
-    _dump(path, entries)
+    dump(path, entries)
     split = load_split(tiny_dataset["test_groundtruth"], tiny_dataset["test_experts"])
     _raises(lambda: check_labels(split, 3), path, "entry 2", entries[2]["file"], "label 9")
 

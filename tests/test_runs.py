@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
-from conftest import make_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
 
 
 def train_argv(data: dict, *extra: str) -> list[str]:
@@ -86,12 +79,6 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "3"]
     # The system metrics monitor ran alongside (psutil is installed).
     assert any(name.startswith("system/") for name in run.data.metrics)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
