@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from l2d.config import CLF_WEIGHTINGS, E_STEPS, MODEL_NAMES, RUNTIME_FIELDS, TrainConfig
-from l2d.errors import L2DError, TrainingDiverged
-from l2d.tracking import Terminated
+from l2d.errors import Interrupted, L2DError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
@@ -244,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"l2d: error: training diverged: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Interrupted):
         print("l2d: interrupted; any started run is marked KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -10,3 +10,10 @@ class L2DError(Exception):
 
 class TrainingDiverged(Exception):
     """A logged metric is NaN or infinite: training stops, the last good checkpoint is kept."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM, acted on at a safe point of the training loop (see ``l2d.signals``).
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` never swallows it.
+    """

@@ -8,13 +8,12 @@ Every run this module starts ends FINISHED, FAILED or KILLED, never RUNNING.
 import contextlib
 import logging
 import os
-import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-from l2d.errors import L2DError
+from l2d.errors import Interrupted, L2DError
 
 # MLflow's import-time and per-call chatter (progress bars, URLs, telemetry) is off unless the
 # user set these variables themselves.
@@ -31,10 +30,6 @@ SUPPORTED_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "mysq
 
 # Seconds to wait for a tracking server's /health before giving up.
 HEALTH_TIMEOUT_S = 5
-
-
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler so that a terminated run ends KILLED, like Ctrl-C."""
 
 
 def default_tracking_uri() -> str:
@@ -120,7 +115,6 @@ class Tracker:
         FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM, FAILED on any exception.
         """
         experiment_id = None if run_id else self._experiment_id(experiment_name)
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
         active = self._mlflow.start_run(
             run_id=run_id, experiment_id=experiment_id, description=description or None,
             log_system_metrics=True,
@@ -129,12 +123,11 @@ class Tracker:
         try:
             yield active.info.run_id
             status = "FINISHED"
-        except (KeyboardInterrupt, Terminated):
+        except (KeyboardInterrupt, Interrupted):
             status = "KILLED"
             raise
         finally:
             self._mlflow.end_run(status=status)
-            signal.signal(signal.SIGTERM, previous_handler)
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._mlflow.log_params({k: "" if v is None else v for k, v in params.items()})
@@ -156,7 +149,3 @@ class Tracker:
         experiment_id = self.client.get_run(run_id).info.experiment_id
         base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")

@@ -22,6 +22,7 @@ from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
 from l2d.errors import L2DError, TrainingDiverged
 from l2d.evaluate import deferral_table, evaluate, make_eval_step, summarise
+from l2d.signals import StopRequests
 from l2d.system import build_system
 from l2d.tracking import Tracker, check_reachable, default_tracking_uri
 from l2d.train_step import make_train_step, zero_train_totals
@@ -85,8 +86,9 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             raise L2DError(f"--run-id={resume_run_id}: already trained all {config.num_epochs} "
                            "epochs; evaluate it with --test")
 
-    with tracker.run(experiment_name=config.experiment_name,
-                     description=config.run_description, run_id=resume_run_id) as run_id:
+    with StopRequests() as stop, tracker.run(
+            experiment_name=config.experiment_name, description=config.run_description,
+            run_id=resume_run_id) as run_id:
         folder = run_folder(config, run_id)
         manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
         if resume_run_id is None:
@@ -100,7 +102,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
                  f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
               file=sys.stderr)
         try:
-            metrics, counts = fit(config, dataset, graphdef, state, tracker, manager,
+            metrics, counts = fit(config, dataset, graphdef, state, tracker, manager, stop,
                                   start_epoch=start_epoch, steps_per_epoch=steps_per_epoch)
         finally:
             manager.wait_until_finished()
@@ -110,8 +112,12 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     return metrics
 
 
-def fit(config, dataset, graphdef, state, tracker, manager, *, start_epoch, steps_per_epoch):
-    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts)."""
+def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch,
+        steps_per_epoch):
+    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
+
+    ``stop.check()`` after every step is where Ctrl-C and SIGTERM take effect.
+    """
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
     train_step = make_train_step(graphdef, config=config, num_classes=dataset.num_classes,
                                  channel_mean=mean, channel_std=std)
@@ -129,6 +135,7 @@ def fit(config, dataset, graphdef, state, tracker, manager, *, start_epoch, step
         for index, batch in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
                                            total=steps_per_epoch, disable=quiet, file=sys.stderr)):
             state, totals = train_step(state, totals, batch, epoch * steps_per_epoch + index)
+            stop.check()
         train_metrics = {k: float(v) / steps_per_epoch for k, v in jax.device_get(totals).items()}
         # The only host sync of the epoch: NaN shows here, before a checkpoint could store it.
         diverged = {k: v for k, v in train_metrics.items() if not math.isfinite(v)}

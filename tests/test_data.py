@@ -355,3 +355,19 @@ def test_stopping_early_ends_the_producer(tiny_dataset):
     assert not any(t.name == "l2d-prefetch" and t.is_alive() for t in threading.enumerate())
     with pytest.raises(StopIteration):
         next(batches)
+
+
+def test_images_that_do_not_fit_in_memory_are_streamed(tiny_dataset, monkeypatch, capsys):
+    import psutil
+
+    class Scarce:
+        available = 100  # bytes: less than twice the 20 training images of 8x8x3
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Scarce)
+    split = load_split(tiny_dataset["train_groundtruth"], tiny_dataset["train_experts"])
+    decoded = decode_all(split, num_threads=1, keep=True)
+    assert decoded.pixels is None
+    assert "decoding them from disk every epoch" in capsys.readouterr().err
+    streamed = next(iter(train_batches(split, decoded, batch_size=4, seed=0, epoch=0,
+                                       prefetch_size=1, num_threads=1)))
+    assert streamed["image"].shape == (4, 8, 8, 3)

@@ -80,6 +80,16 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     # The system metrics monitor ran alongside (psutil is installed).
     assert any(name.startswith("system/") for name in run.data.metrics)
 
+    # --test re-evaluates the last checkpoint: the same numbers, logged without reopening the run.
+    result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run.info.run_id],
+                     tmp_path)
+    printed = json.loads(result.stdout)
+    assert printed.pop("checkpoint_epoch") == 3
+    np.testing.assert_equal(printed, metrics)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    logged = client.download_artifacts(run.info.run_id, "test/epoch_3.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text())["deferral_table"]["class"] == [0, 1, 2]
+
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
@@ -173,3 +183,23 @@ def test_diverging_run_stops_with_a_clear_message_and_ends_failed(dataset, tmp_p
     run = only_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert run.info.status == "FAILED"
     assert not list((tmp_path / "artifacts").glob("*/checkpoints/*"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_ends_killed_and_keeps_its_checkpoints(dataset, tmp_path, signum):
+    victim = subprocess.Popen(
+        train_argv(dataset, "--batch-size", "8", "--num-epochs", "1000", "--checkpoint-every", "1"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "artifacts").glob("*/checkpoints/1")):
+        assert victim.poll() is None, victim.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    victim.send_signal(signum)
+    _, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "l2d: interrupted; any started run is marked KILLED"
+    assert "Traceback" not in stderr
+    run = only_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert run.info.status == "KILLED"
+    assert list((tmp_path / "artifacts").glob("*/checkpoints/1"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ from l2d.errors import L2DError
 
 # Images decoded per MLX-Data batch while scanning a split; only bounds memory and Python overhead.
 _SCAN_CHUNK = 256
+# Largest share of the available memory that decoded pixels may take.
+MEMORY_SHARE = 0.5
 _LOAD_ERROR = re.compile(r"could not load <(.*)>")
 
 
@@ -83,6 +86,22 @@ def raise_shape_error(split: SplitRecords, row: int, shape, expected) -> None:
     )
 
 
+def fits_in_memory(split: SplitRecords, num_bytes: int) -> bool:
+    """Whether keeping ``num_bytes`` of pixels leaves half of the available memory free.
+
+    When it would not, say so once and stream the split from disk instead of failing later.
+    """
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if num_bytes <= MEMORY_SHARE * available:
+        return True
+    print(f"l2d: the images of {split.groundtruth_path} need {num_bytes / 2**30:.1f} GiB, more "
+          f"than {MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available; decoding them "
+          "from disk every epoch (as --stream-from-disk)", file=sys.stderr)
+    return False
+
+
 def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedImages:
     """Decode every image of ``split`` once: check shapes, compute channel stats, maybe keep pixels.
 
@@ -116,7 +135,7 @@ def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedI
         shapes = batch["image_shape"]  # int64 [b, 3]
         if expected is None:
             expected = shapes[0].copy()
-            if keep:
+            if keep and fits_in_memory(split, n * int(np.prod(expected))):
                 pixels = np.empty((n, *expected), dtype=np.uint8)
             histogram = np.zeros((expected[2], 256), dtype=np.int64)
         differs = (shapes != expected).any(axis=1)
