@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Train a learning-to-defer system: ./run.sh [l2d train flags...]
-# Sets up ./.venv once. With no arguments it builds the demo dataset (digits shipped with
-# scikit-learn, two specialist experts) under ./demo_data and trains on it; with arguments they go
-# to `python -m l2d train` unchanged.
+# Sets up .venv beside this script once. With no arguments it builds the demo dataset (digits
+# shipped with scikit-learn, two specialist experts) under ./demo_data and trains on it; with
+# arguments they go to `python -m l2d train` unchanged. Relative paths in the flags, mlflow.db and
+# artifacts/ are taken from the folder you run it in, like `python -m l2d`.
 set -euo pipefail
-cd "$(dirname "$0")"
-. ./setup_env.sh
+root="$(cd "$(dirname "$0")" && pwd)"
+(cd "$root" && . ./setup_env.sh)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$#" -eq 0 ]; then
-  exec .venv/bin/python -m l2d demo
+  exec "$root/.venv/bin/python" -m l2d demo
 fi
-exec .venv/bin/python -m l2d train "$@"
+exec "$root/.venv/bin/python" -m l2d train "$@"

@@ -14,11 +14,6 @@ from flax import nnx
 from l2d.errors import L2DError
 
 
-def checkpoint_dir(artifact_path: str, run_id: str) -> Path:
-    """``<artifact_path>/<run_id>/checkpoints``, absolute (orbax requires absolute paths)."""
-    return Path(artifact_path).expanduser().resolve() / run_id / "checkpoints"
-
-
 def open_manager(directory: Path, *, keep: int) -> ocp.CheckpointManager:
     """A manager that never deletes what it finds at start; it only keeps the newest ``keep``."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)

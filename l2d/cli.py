@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = train.add_argument_group("models and method")
     add(model, "--clf-model", "classifier network", choices=MODEL_NAMES)
-    add(model, "--clf-width", "classifier width (cnn: channels, default 32)", type=int)
+    add(model, "--clf-width", "classifier width (cnn: 32 channels by default, "
+        "preact_resnet10: 64)", type=int)
     add(model, "--dfr-model", "gating (deferral) network", choices=MODEL_NAMES)
-    add(model, "--dfr-width", "gating network base width (preact_resnet10: default 64)", type=int)
+    add(model, "--dfr-width", "gating network base width (preact_resnet10: 64 by default, "
+        "cnn: 32)", type=int)
     add(model, "--e-step", "posterior of the E-step: exact, or Monte Carlo samples",
         choices=E_STEPS)
     add(model, "--mc-samples", "samples of z per input for --e-step mc", type=int)
@@ -204,7 +206,7 @@ def run_demo_command(args: dict) -> None:
     from l2d.data.demo import build_demo_dataset, demo_manifests
 
     folder = Path(args["data_dir"]).resolve()
-    manifests = demo_manifests(folder)
+    manifests = demo_manifests(folder, seed=args["seed"])
     if manifests is None:
         print(f"l2d: writing the digits demo dataset to {folder}", file=sys.stderr)
         manifests = build_demo_dataset(folder, seed=args["seed"])
@@ -225,7 +227,7 @@ def run_demo_command(args: dict) -> None:
           f"classifier alone {m['clf_accuracy/all']:.3f}; "
           + "; ".join(f"expert {k} alone {m[f'expert_{k}/accuracy_alone']:.3f} "
                       f"(receives {m[f'expert_{k}/share']:.3f})" for k in range(2))
-          + f"\nsee the run: mlflow ui --backend-store-uri {train.default_tracking_uri()}"
+          + f"\nsee the run: mlflow ui --backend-store-uri {train.resolve_tracking_uri(None)}"
           " then open http://127.0.0.1:5000")
 
 

@@ -69,6 +69,8 @@ class TrainConfig:
     cache_images: bool = True
     # One seed for initialisation, data order, augmentation and Monte Carlo draws.
     seed: int = 0
+    # Derived, not a flag: (H, W, C) of the training images, recorded so --test can check its data.
+    image_shape: tuple[int, int, int] | None = None
     # Save a checkpoint every N epochs (and after the last), keeping the newest `keep_checkpoints`.
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
@@ -90,6 +92,10 @@ class TrainConfig:
         def fail(flag: str, value: Any, problem: str) -> None:
             raise L2DError(f"--{flag.replace('_', '-')}={value}: {problem}")
 
+        if not self.experiment_name.strip():
+            fail("experiment_name", "''", "must not be empty")
+        if self.seed < 0:
+            fail("seed", self.seed, "must be a non-negative integer")
         for name in ("train_groundtruth_file", "test_groundtruth_file"):
             if not getattr(self, name):
                 fail(name, "''", "is required")
@@ -149,7 +155,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        tuples = {"train_files", "test_files", "norm_mean", "norm_std"}
+        tuples = {"train_files", "test_files", "norm_mean", "norm_std", "image_shape"}
         return cls(**{
             k: tuple(v) if k in tuples and v is not None else v
             for k, v in values.items() if k in known

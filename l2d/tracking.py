@@ -7,6 +7,7 @@ Every run this module starts ends FINISHED, FAILED or KILLED, never RUNNING.
 
 import contextlib
 import logging
+import math
 import os
 import urllib.error
 import urllib.request
@@ -32,8 +33,24 @@ SUPPORTED_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "mysq
 HEALTH_TIMEOUT_S = 5
 
 
-def default_tracking_uri() -> str:
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def resolve_tracking_uri(uri: str | None) -> str:
+    """None -> ``sqlite:///<cwd>/mlflow.db``; a relative sqlite path -> an absolute one."""
+    if uri is None:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def json_safe(values: Any) -> Any:
+    """``values`` with NaN and infinities as None, so that artifacts are strict JSON."""
+    if isinstance(values, dict):
+        return {k: json_safe(v) for k, v in values.items()}
+    if isinstance(values, list | tuple):
+        return [json_safe(v) for v in values]
+    if isinstance(values, float) and not math.isfinite(values):
+        return None
+    return values
 
 
 def is_remote(uri: str) -> bool:
@@ -90,6 +107,10 @@ class Tracker:
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if experiment.lifecycle_stage != "active":
+                raise L2DError(
+                    f"--experiment-name={name}: the experiment is deleted in {self.uri}; restore "
+                    "it (mlflow experiments restore) or choose another name")
             return experiment.experiment_id
         # A local store gets an explicit artifact folder beside the database; a server chooses its
         # own (it serves artifacts), so nothing is set there.
@@ -97,7 +118,10 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             folder = Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name
             location = folder.as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except self._mlflow.exceptions.MlflowException as error:
+            raise L2DError(f"--experiment-name={name}: {error.message}") from None
 
     def run_exists(self, run_id: str) -> bool:
         try:
@@ -136,14 +160,14 @@ class Tracker:
         self._mlflow.log_metrics(metrics, step=step)
 
     def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
-        self._mlflow.log_dict(values, artifact_file)
+        self._mlflow.log_dict(json_safe(values), artifact_file)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
 
     def log_dict_to(self, run_id: str, values: dict[str, Any], artifact_file: str) -> None:
         """Log to a run without reopening it, so its status (FINISHED, KILLED...) stays as it is."""
-        self.client.log_dict(run_id, values, artifact_file)
+        self.client.log_dict(run_id, json_safe(values), artifact_file)
 
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client.get_run(run_id).info.experiment_id

@@ -24,8 +24,8 @@ from l2d.errors import L2DError, TrainingDiverged
 from l2d.evaluate import deferral_table, evaluate, make_eval_step, summarise
 from l2d.signals import StopRequests
 from l2d.system import build_system
-from l2d.tracking import Tracker, check_reachable, default_tracking_uri
-from l2d.train_step import make_train_step, zero_train_totals
+from l2d.tracking import Tracker, check_reachable, json_safe, resolve_tracking_uri
+from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 
 CONFIG_FILE = "config.json"
 
@@ -51,7 +51,7 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     """The config with every derived value written in: classes and normalisation statistics."""
     mean, std = dataset.normalisation(config)
     return dataclasses.replace(
-        config, num_classes=dataset.num_classes,
+        config, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
         norm_mean=tuple(round(float(m), 6) for m in mean),
         norm_std=tuple(round(float(s), 6) for s in std),
     )
@@ -60,7 +60,7 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
 def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str, float]:
     """Train (or resume) a run; return its final test metrics."""
     config.validate()
-    uri = config.tracking_uri or default_tracking_uri()
+    uri = resolve_tracking_uri(config.tracking_uri)
     check_reachable(uri)
     check_artifact_path(config)
     dataset = load_dataset(config)
@@ -82,9 +82,6 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
         state, start_epoch = checkpoint.restore_latest(
             run_folder(config, resume_run_id) / "checkpoints", checkpoint.abstract(template),
             seed=config.seed)
-        if start_epoch >= config.num_epochs:
-            raise L2DError(f"--run-id={resume_run_id}: already trained all {config.num_epochs} "
-                           "epochs; evaluate it with --test")
 
     with StopRequests() as stop, tracker.run(
             experiment_name=config.experiment_name, description=config.run_description,
@@ -136,9 +133,13 @@ def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch
                                            total=steps_per_epoch, disable=quiet, file=sys.stderr)):
             state, totals = train_step(state, totals, batch, epoch * steps_per_epoch + index)
             stop.check()
-        train_metrics = {k: float(v) / steps_per_epoch for k, v in jax.device_get(totals).items()}
+        totals = jax.device_get(totals)
+        nonfinite_steps = int(totals.pop(NONFINITE_STEPS))
+        train_metrics = {k: float(v) / steps_per_epoch for k, v in totals.items()}
         # The only host sync of the epoch: NaN shows here, before a checkpoint could store it.
         diverged = {k: v for k, v in train_metrics.items() if not math.isfinite(v)}
+        if nonfinite_steps:
+            diverged["steps with non-finite gradients or weights"] = nonfinite_steps
         if diverged:
             last = manager.latest_step()
             raise TrainingDiverged(
@@ -154,21 +155,27 @@ def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch
                            coverage=f"{metrics['coverage/test']:.2f}")
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
             checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed)
+    if start_epoch == config.num_epochs:
+        # Killed after its last checkpoint, before it ended: only the final report is missing.
+        counts = evaluate(eval_step, state, eval_batches(
+            dataset.test, dataset.test_images, batch_size=config.batch_size, **loader),
+            num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        metrics = summarise(counts)
     return metrics, counts
 
 
 def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     """Evaluate the latest checkpoint of ``run_id`` on the test manifests; no training."""
     config.validate()
-    uri = config.tracking_uri or default_tracking_uri()
+    uri = resolve_tracking_uri(config.tracking_uri)
     check_reachable(uri)
     test_split, test_images = load_test_split(config, config.num_classes)
     tracker = Tracker(uri)
     if not tracker.run_exists(run_id):
         raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
-    if test_images.shape[-1] != len(config.norm_mean):
-        raise L2DError(f"{test_split.groundtruth_path}: images have {test_images.shape[-1]} "
-                       f"channels, the run was trained on {len(config.norm_mean)}")
+    if test_images.shape != config.image_shape:
+        raise L2DError(f"{test_split.groundtruth_path}: images are {test_images.shape} (HxWxC), "
+                       f"the run was trained on {config.image_shape}")
     graphdef, template = build_system(
         config, in_channels=test_images.shape[-1], num_classes=config.num_classes,
         num_experts=test_split.num_experts, total_steps=1, abstract=True)
@@ -186,6 +193,7 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
               "test_files": list(config.test_files), "metrics": metrics,
               "deferral_table": deferral_table(counts)}
-    tracker.log_dict_to(run_id, result, f"test/epoch_{epoch}.json")
-    print(json.dumps({"checkpoint_epoch": epoch, **metrics}, indent=2))
+    name = Path(config.test_groundtruth_file).stem
+    tracker.log_dict_to(run_id, result, f"test/{name}_epoch_{epoch}.json")
+    print(json.dumps(json_safe({"checkpoint_epoch": epoch, **metrics}), indent=2))
     return metrics

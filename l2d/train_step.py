@@ -12,13 +12,20 @@ from l2d.preprocess import augment, normalise
 
 # Metrics summed over an epoch's steps on the device; divided by the step count once per epoch.
 TRAIN_METRICS = ("loss/clf", "loss/dfr", "coverage/train")
+# Also summed, never logged: steps whose gradients or updated parameters were not finite. A loss
+# is computed before its update, so finite losses alone could let NaN weights be checkpointed.
+NONFINITE_STEPS = "nonfinite_steps"
 
 # Folded into the seed so that the step keys never coincide with the initialisation keys.
 _STEP_STREAM = 1
 
 
 def zero_train_totals() -> dict[str, jax.Array]:
-    return {name: jnp.zeros((), jnp.float32) for name in TRAIN_METRICS}
+    return {name: jnp.zeros((), jnp.float32) for name in (*TRAIN_METRICS, NONFINITE_STEPS)}
+
+
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def make_train_step(
@@ -64,10 +71,12 @@ def make_train_step(
 
         classifier_index = gate_logits.shape[-1] - 1
         coverage = jnp.mean(jnp.argmax(gate_logits, axis=-1) == classifier_index)
+        finite = all_finite(grads) & all_finite(nnx.state(system, nnx.Param))
         new_totals = {
             "loss/clf": totals["loss/clf"] + clf_loss,
             "loss/dfr": totals["loss/dfr"] + gate_loss,
             "coverage/train": totals["coverage/train"] + coverage.astype(jnp.float32),
+            NONFINITE_STEPS: totals[NONFINITE_STEPS] + (~finite).astype(jnp.float32),
         }
         return nnx.state((system, clf_optimizer, gate_optimizer)), new_totals
 

@@ -279,9 +279,12 @@ def test_missing_required_flag(in_tmp, tiny_dataset, capfd):
         (["--run-id", RUN_ID], [f"--run-id={RUN_ID}", "only used with --resume or --test"]),
         (["--resume", "--test", "--run-id", RUN_ID], ["--resume and --test"]),
         (["--batch-size", "0"], ["--batch-size=0", "at least 1"]),
+        (["--seed", "-1"], ["--seed=-1", "non-negative"]),
+        (["--experiment-name", " "], ["--experiment-name", "must not be empty"]),
     ],
     ids=["unknown-clf-model", "unknown-dfr-model", "bad-int", "unknown-flag", "resume-no-run-id",
-         "test-no-run-id", "run-id-alone", "resume-and-test", "zero-batch-size"],
+         "test-no-run-id", "run-id-alone", "resume-and-test", "zero-batch-size", "negative-seed",
+         "empty-experiment-name"],
 )
 def test_bad_flags(in_tmp, tiny_dataset, capfd, extra, fragments):
     assert_user_error(*run_main(train_argv(tiny_dataset, *extra), capfd), *fragments)
@@ -427,3 +430,11 @@ def test_help_is_quick_and_light(tmp_path):
     ])
     result = run_subprocess(["-c", script], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_deleted_experiment(in_tmp, tiny_dataset, capfd):
+    client = mlflow_client(in_tmp)
+    client.delete_experiment(client.create_experiment("gone"))
+    argv = train_argv(tiny_dataset, "--experiment-name", "gone")
+    assert_user_error(*run_main(argv, capfd), "--experiment-name=gone", "deleted")
+    assert_no_running_run(in_tmp)

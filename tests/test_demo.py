@@ -1,15 +1,19 @@
 """The built-in digits demo dataset: complete, valid manifests and experts as documented."""
 
 import numpy as np
+import pytest
 
 from l2d.data.demo import SPECIALTIES, build_demo_dataset, demo_manifests
 from l2d.data.manifest import check_labels, infer_num_classes, load_split
+from l2d.errors import L2DError
 
 
 def test_demo_dataset_is_valid_and_its_experts_are_specialists(tmp_path):
-    assert demo_manifests(tmp_path) is None
+    assert demo_manifests(tmp_path, seed=0) is None
     manifests = build_demo_dataset(tmp_path, seed=0)
-    assert demo_manifests(tmp_path) == manifests
+    assert demo_manifests(tmp_path, seed=0) == manifests
+    with pytest.raises(L2DError, match="built with seed 0, not 1"):
+        demo_manifests(tmp_path, seed=1)
     train = load_split(manifests["train_groundtruth"], manifests["train_experts"])
     test = load_split(manifests["test_groundtruth"], manifests["test_experts"])
     assert train.num_samples + test.num_samples == 1797

@@ -87,3 +87,24 @@ def test_same_seed_same_result_different_seed_different_result():
 
     assert final_loss(5) == final_loss(5)
     assert final_loss(5) != final_loss(6)
+
+
+def test_optimizer_decays_kernels_only_and_decays_the_learning_rate_to_zero():
+    from l2d.system import make_optimizer
+
+    config = tiny_config(lr=0.1, momentum=0.0, weight_decay=0.5)
+    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones(2)},
+              "norm": {"scale": jnp.ones(2)}}
+    tx = make_optimizer(config, total_steps=4)
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zero, state, params)
+    # With zero gradients only weight decay moves anything: -lr * wd * kernel, nothing else.
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(updates["conv"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["norm"]["scale"], 0.0)
+    for _ in range(3):
+        updates, state = tx.update(zero, state, params)
+    # Cosine decay: after total_steps the learning rate, and so the update, is zero.
+    updates, state = tx.update(zero, state, params)
+    np.testing.assert_allclose(updates["conv"]["kernel"], 0.0, atol=1e-9)

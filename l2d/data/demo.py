@@ -11,16 +11,27 @@ from pathlib import Path
 
 import numpy as np
 
+from l2d.errors import L2DError
+
 TEST_SHARE = 0.2
 SPECIALTIES = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 # Written last: its presence means the folder holds a complete dataset.
 COMPLETE_MARKER = "manifests.json"
 
 
-def demo_manifests(folder: Path) -> dict[str, list[str] | str] | None:
-    """The manifest paths of a complete demo dataset in ``folder``, or None."""
+def demo_manifests(folder: Path, *, seed: int) -> dict[str, list[str] | str] | None:
+    """The manifest paths of a complete demo dataset in ``folder``, or None if there is none.
+
+    L2DError if the dataset there was built with another seed (it would not be the one asked for).
+    """
     marker = folder / COMPLETE_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    manifests = json.loads(marker.read_text())
+    if manifests["seed"] != seed:
+        raise L2DError(f"{folder}: demo dataset built with seed {manifests['seed']}, not {seed}; "
+                       "choose another --data-dir")
+    return manifests
 
 
 def specialist_labels(labels: np.ndarray, specialty: tuple[int, ...], num_classes: int,
@@ -52,7 +63,7 @@ def build_demo_dataset(folder: Path, *, seed: int = 0) -> dict[str, list[str] | 
         is_test[members[: round(TEST_SHARE * len(members))]] = True
 
     folder.mkdir(parents=True, exist_ok=True)
-    manifests: dict[str, list[str] | str] = {}
+    manifests: dict[str, list[str] | str] = {"seed": seed}
     for split, in_split in (("train", ~is_test), ("test", is_test)):
         (folder / split).mkdir(exist_ok=True)
         indices = np.flatnonzero(in_split)
