@@ -124,6 +124,64 @@ def build_parser() -> argparse.ArgumentParser:
     add(run, "--mem-frac", "share of GPU memory JAX preallocates", type=float)
     add(run, "--tqdm", "progress bars (silent anyway when output is not a terminal)",
         action=argparse.BooleanOptionalAction)
+    prepare = commands.add_parser(
+        "prepare", help="image folder (one subfolder per class) -> ground-truth manifests",
+        description="Write train_groundtruth.json, test_groundtruth.json and classes.json into "
+                    "--output from a folder (or .tar.gz archive, unpacked into OUTPUT/images) "
+                    "with one subfolder per class. Existing train/ and test/ folders are used "
+                    "as the split; otherwise a seeded stratified split with --test-share. Class "
+                    "indices follow the sorted folder names: numeric order if every name is an "
+                    "integer, else string order; classes.json lists the names by index.")
+    prepare.add_argument("source", help="image folder or .tar.gz/.tgz/.tar archive")
+    prepare.add_argument("--output", required=True, help="folder for the manifests")
+    prepare.add_argument("--test-share", type=float, default=0.2,
+                         help="test share per class when there are no train/test folders "
+                              "(default: 0.2)")
+    prepare.add_argument("--train-per-class", type=int,
+                         help="keep only this many training images per class (seeded choice)")
+    prepare.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    prepare.add_argument("--num-threads", type=int, default=4,
+                         help="image decoding threads (default: 4)")
+
+    experts = commands.add_parser(
+        "experts", help="write synthetic expert manifests from ground-truth manifests",
+        description="For each ground-truth manifest (e.g. train and test), write one expert "
+                    "manifest beside it, e.g. train_random_noise_0.3_44.json, and print the "
+                    "expert's measured accuracy. An expert's answer to an image depends only on "
+                    "the seed, the expert's definition and the image's path relative to its "
+                    "manifest, so the same expert behaves the same on train and test.")
+    experts.add_argument("--groundtruth", type=comma_list, required=True,
+                         metavar="TRAIN.json,TEST.json", help="ground-truth manifests")
+    kind = experts.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--noise", type=float, metavar="P",
+                      help="label noise: with probability P the label is replaced by a "
+                           "uniformly drawn other class (never the true one)")
+    kind.add_argument("--specialist", metavar="CLASSES",
+                      help="class specialist on CLASSES (e.g. 0-4 or 0,2,7): right with "
+                           "probability --p-in on them, --p-out elsewhere, a uniformly drawn "
+                           "other class when wrong")
+    experts.add_argument("--p-in", type=float, default=1.0, help="(default: 1.0)")
+    experts.add_argument("--p-out", type=float, default=0.1,
+                         help="(default: 0.1, uniformly random on 10 classes)")
+    experts.add_argument("--num-classes", type=int,
+                         help="C (default: largest ground-truth label + 1)")
+    experts.add_argument("--seed", type=int, default=0, help="(default: 0)")
+
+    plot = commands.add_parser(
+        "plot", help="plot runs' metric histories to PNG files",
+        description="Read the per-epoch metrics of one or more runs from MLflow and write five "
+                    "PNGs (test accuracy, test and training coverage, classifier and gating "
+                    "losses), one line per run; the PNGs are also logged to every run under "
+                    "plots/.")
+    plot.add_argument("--run-id", dest="run_ids", action="extend", type=comma_list,
+                      required=True, metavar="ID[,ID...]",
+                      help="runs to plot (comma-separated or repeated)")
+    plot.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
+                      "mlflow.db in the current folder)")
+    plot.add_argument("--output", default="plots", help="folder for the PNGs (default: plots)")
+    plot.add_argument("--no-log-artifacts", dest="log_artifacts", action="store_false",
+                      help="only write the PNGs, log nothing to the runs")
+
     demo = commands.add_parser(
         "demo", help="build the digits demo dataset (once) and train on it",
         description="Write scikit-learn's handwritten digits as PNG files with two specialist "
@@ -202,6 +260,44 @@ def run_train_command(given: dict) -> None:
         print(f"l2d: final test metrics: {summary}")
 
 
+def run_prepare_command(args: dict) -> None:
+    from l2d.data.prepare import prepare_dataset
+
+    result = prepare_dataset(Path(args["source"]), Path(args["output"]),
+                             test_share=args["test_share"], seed=args["seed"],
+                             num_threads=args["num_threads"],
+                             train_per_class=args["train_per_class"])
+    print(f"{result['layout']}: {result['num_train']} training and {result['num_test']} test "
+          f"images of shape {result['image_shape']}, {result['num_classes']} classes"
+          + (f"; {result['ignored_files']} other files ignored" if result["ignored_files"] else ""))
+    for key in ("train_groundtruth", "test_groundtruth", "classes"):
+        print(result[key])
+
+
+def run_experts_command(args: dict) -> None:
+    from l2d.data.experts import ExpertSpec, write_experts
+
+    if args["noise"] is not None:
+        spec = ExpertSpec.noise(args["noise"])
+    else:
+        spec = ExpertSpec.specialist(args["specialist"], args["p_in"], args["p_out"])
+    for result in write_experts(list(args["groundtruth"]), spec, seed=args["seed"],
+                                num_classes=args["num_classes"]):
+        detail = "".join(f", {key.replace('_', ' ')} {result[key]:.4f}"
+                         for key in ("accuracy_in", "accuracy_out") if result.get(key) is not None)
+        print(f"{result['path']}: accuracy {result['accuracy']:.4f} on "
+              f"{result['num_samples']} images{detail}")
+
+
+def run_plot_command(args: dict) -> None:
+    from l2d.plot import plot_runs
+    from l2d.tracking import resolve_tracking_uri
+
+    paths = plot_runs(resolve_tracking_uri(args["tracking_uri"]), args["run_ids"],
+                      Path(args["output"]), log_artifacts=args["log_artifacts"])
+    print("\n".join(str(path) for path in paths))
+
+
 def run_demo_command(args: dict) -> None:
     from l2d.data.demo import build_demo_dataset, demo_manifests
 
@@ -239,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_train_command(args)
         elif command == "demo":
             run_demo_command(args)
+        elif command == "plot":
+            run_plot_command(args)
+        elif command == "prepare":
+            run_prepare_command(args)
+        elif command == "experts":
+            run_experts_command(args)
     except L2DError as error:
         print(f"l2d: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from l2d.data.experts import ExpertSpec, write_experts
 from l2d.errors import L2DError
 
 TEST_SHARE = 0.2
@@ -32,12 +33,6 @@ def demo_manifests(folder: Path, *, seed: int) -> dict[str, list[str] | str] | N
         raise L2DError(f"{folder}: demo dataset built with seed {manifests['seed']}, not {seed}; "
                        "choose another --data-dir")
     return manifests
-
-
-def specialist_labels(labels: np.ndarray, specialty: tuple[int, ...], num_classes: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    random_answers = rng.integers(0, num_classes, labels.shape[0])
-    return np.where(np.isin(labels, specialty), labels, random_answers)
 
 
 def write_manifest(path: Path, files: list[str], labels: np.ndarray) -> str:
@@ -73,14 +68,13 @@ def build_demo_dataset(folder: Path, *, seed: int = 0) -> dict[str, list[str] | 
         split_labels = labels[indices]
         manifests[f"{split}_groundtruth"] = write_manifest(
             folder / f"{split}_groundtruth.json", files, split_labels)
-        experts = []
-        for k, specialty in enumerate(SPECIALTIES):
-            # One generator per (seed, expert, split): an expert behaves the same on both splits.
-            expert_rng = np.random.default_rng([seed, k, split == "test"])
-            name = f"{split}_specialist_{specialty[0]}-{specialty[-1]}_{seed}.json"
-            experts.append(write_manifest(
-                folder / name, files,
-                specialist_labels(split_labels, specialty, num_classes, expert_rng)))
-        manifests[f"{split}_experts"] = experts
+    for split in ("train", "test"):
+        manifests[f"{split}_experts"] = []
+    for specialty in SPECIALTIES:
+        spec = ExpertSpec.specialist(specialty, p_in=1.0, p_out=1 / num_classes)
+        written = write_experts([manifests["train_groundtruth"], manifests["test_groundtruth"]],
+                                spec, seed=seed, num_classes=num_classes)
+        for split, result in zip(("train", "test"), written):
+            manifests[f"{split}_experts"].append(result["path"])
     (folder / COMPLETE_MARKER).write_text(json.dumps(manifests, indent=2))
     return manifests

@@ -1,0 +1,164 @@
+"""Plots of runs' per-epoch metrics, read back from MLflow: one PNG per metric, one line per run.
+
+``plot_runs`` writes the five plots of the original implementation (system test accuracy, test
+and training coverage, classifier and gating losses) and, by default, logs them to every plotted
+run as artifacts under ``plots/`` without reopening the run, so its status stays as it is.
+
+Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure``, never through
+pyplot: no display is needed, no global backend is switched under a caller, and no figure is left
+open. matplotlib (a dependency of mlflow) is imported only when something is drawn.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from l2d.errors import L2DError
+from l2d.tracking import Tracker, check_reachable
+
+# The run's free-text description, as MLflow stores it (``--run-description``).
+DESCRIPTION_TAG = "mlflow.note.content"
+# Characters of a run id that name a run without a name, and of a description in a legend.
+ID_PREFIX = 8
+DESCRIPTION_CHARS = 60
+ARTIFACT_FOLDER = "plots"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    file: str  # PNG file name in the output folder and under the runs' ``plots/``.
+    metric: str  # MLflow metric key, logged once per epoch with step = epochs finished.
+    title: str
+    ylabel: str
+    ylim: tuple[float, float] | None = None  # Fixed y range; None: matplotlib's choice.
+
+
+PLOTS = (
+    Plot("test_accuracy.png", "accuracy", "System accuracy on the test split", "accuracy"),
+    Plot("test_coverage.png", "coverage/test", "Test coverage",
+         "coverage (share kept by the classifier)", (0.0, 1.0)),
+    Plot("train_coverage.png", "coverage/train", "Training coverage",
+         "coverage (share kept by the classifier)", (0.0, 1.0)),
+    Plot("loss_clf.png", "loss/clf", "Classifier loss (training)", "loss"),
+    Plot("loss_dfr.png", "loss/dfr", "Gating (deferral) loss (training)", "loss"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCurves:
+    run_id: str
+    label: str  # Legend entry: run name (or id prefix), then the description if any.
+    curves: dict[str, tuple[list[int], list[float]]]  # metric -> (epochs, values), by epoch.
+
+
+def plot_runs(
+    tracker_uri: str, run_ids: list[str], output: Path, *, log_artifacts: bool = True
+) -> list[Path]:
+    """Write the five metric plots of ``run_ids`` into ``output``; return the PNG paths.
+
+    With ``log_artifacts``, each PNG is also logged to every run under ``plots/``.
+    Raises ``L2DError`` (one line) for an unknown run, a missing metric history, or an output
+    folder that cannot be written.
+    """
+    if not run_ids:
+        raise L2DError("no run ids given: name at least one run to plot")
+    tracker = open_store(tracker_uri)
+    runs = [read_run(tracker, run_id) for run_id in dict.fromkeys(run_ids)]
+    output = prepare_output(Path(output))
+    paths = [draw(plot, runs, output / plot.file) for plot in PLOTS]
+    if log_artifacts:
+        for run in runs:
+            for path in paths:
+                tracker.client.log_artifact(run.run_id, str(path), ARTIFACT_FOLDER)
+    return paths
+
+
+def open_store(uri: str) -> Tracker:
+    """A tracker on an existing store (a missing sqlite file is not silently created)."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise L2DError(f"--tracking-uri={uri}: no tracking store ({database} does not exist)")
+    check_reachable(uri)
+    return Tracker(uri)
+
+
+def read_run(tracker: Tracker, run_id: str) -> RunCurves:
+    """The run's legend label and the de-duplicated history of every plotted metric."""
+    if not tracker.run_exists(run_id):
+        raise L2DError(f"run {run_id}: no such run in {tracker.uri}")
+    curves = {}
+    for plot in PLOTS:
+        history = tracker.client.get_metric_history(run_id, plot.metric)
+        if not history:
+            raise L2DError(f"run {run_id}: no metric '{plot.metric}' was logged "
+                           f"(needed for {plot.file}); was it trained by l2d?")
+        curves[plot.metric] = latest_per_step(history)
+    return RunCurves(run_id, run_label(tracker.client.get_run(run_id)), curves)
+
+
+def latest_per_step(history: list) -> tuple[list[int], list[float]]:
+    """(steps, values) sorted by step, one value per step: the one logged last.
+
+    A resumed run logs again the epochs between its last checkpoint and the interruption, so
+    such steps hold two points (with equal values).
+    """
+    latest = {}
+    for point in sorted(history, key=lambda m: m.timestamp):
+        latest[point.step] = point.value
+    steps = sorted(latest)
+    return steps, [latest[step] for step in steps]
+
+
+def run_label(run: Any) -> str:
+    """``name: description`` (the description's first line, shortened), or ``name``."""
+    name = run.info.run_name or run.info.run_id[:ID_PREFIX]
+    lines = (run.data.tags.get(DESCRIPTION_TAG) or "").strip().splitlines()
+    if not lines:
+        return name
+    description = lines[0].strip()
+    if len(description) > DESCRIPTION_CHARS or len(lines) > 1:
+        description = description[:DESCRIPTION_CHARS - 3].rstrip() + "..."
+    return f"{name}: {description}"
+
+
+def prepare_output(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".l2d-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise L2DError(f"{folder}: cannot write plots there ({error.strerror})") from None
+    return folder
+
+
+def draw(plot: Plot, runs: list[RunCurves], path: Path) -> Path:
+    """One PNG: ``plot.metric`` against epochs, one line per run (markers when points are few)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(7, 4.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for run in runs:
+        epochs, values = run.curves[plot.metric]
+        # Unclipped and above the frame (zorder 2.5): a coverage of exactly 0 or 1, as in the
+        # demo, stays visible on the axis line.
+        axes.plot(epochs, values, label=run.label, marker="o" if len(epochs) <= 30 else None,
+                  markersize=3, linewidth=1.5, clip_on=False, zorder=3)
+    axes.set(title=plot.title, xlabel="epoch", ylabel=plot.ylabel)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if plot.ylim is not None:
+        axes.set_ylim(*plot.ylim)
+    axes.grid(alpha=0.3)
+    # Below the axes, where it never hides a line (coverage often sits on 0 or 1).
+    figure.legend(loc="outside lower center", fontsize="small", frameon=False)
+    try:
+        figure.savefig(path)
+    except OSError as error:
+        raise L2DError(f"{path}: cannot write the plot ({error.strerror})") from None
+    return path
+
