@@ -7,7 +7,6 @@ state: a run restored at epoch e replays exactly what the interrupted run would 
 
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -54,7 +53,3 @@ def restore_latest(
         raise L2DError(f"{directory}: checkpoint was made with seed {progress['seed']}, not {seed}")
     return restored["state"], int(progress["next_epoch"])
 
-
-def abstract(state: nnx.State) -> nnx.State:
-    """Shapes and dtypes of ``state``, the template orbax restores into."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from l2d.config import CLF_WEIGHTINGS, E_STEPS, MODEL_NAMES, RUNTIME_FIELDS, TrainConfig
+from l2d.config import (
+    CLF_WEIGHTINGS,
+    COMPUTE_DTYPES,
+    E_STEPS,
+    MODEL_NAMES,
+    RUNTIME_FIELDS,
+    TrainConfig,
+)
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
@@ -124,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(run, "--mem-frac", "share of GPU memory JAX preallocates", type=float)
     add(run, "--tqdm", "progress bars (silent anyway when output is not a terminal)",
         action=argparse.BooleanOptionalAction)
+    add(run, "--compute-dtype", "activations and matrix products in bfloat16 (accelerators) or "
+        "float32; parameters stay float32", choices=COMPUTE_DTYPES)
+    add(run, "--compilation-cache", "JAX's persistent compilation cache (a second launch skips "
+        "compiling)", action=argparse.BooleanOptionalAction)
+    add(run, "--compilation-cache-dir", "folder of the compilation cache (default: "
+        "$XDG_CACHE_HOME or ~/.cache, then l2d/jax)")
+    add(run, "--coordinator-address", "multi-host: HOST:PORT of process 0, for "
+        "jax.distributed.initialize")
+    add(run, "--num-processes", "multi-host: number of processes", type=int)
+    add(run, "--process-id", "multi-host: this process's index, 0 to --num-processes - 1",
+        type=int)
     prepare = commands.add_parser(
         "prepare", help="image folder (one subfolder per class) -> ground-truth manifests",
         description="Write train_groundtruth.json, test_groundtruth.json and classes.json into "
@@ -202,9 +220,30 @@ def configure_jax_environment(config: TrainConfig) -> None:
         os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(config.mem_frac)
 
 
-def check_jax_platform(config: TrainConfig) -> None:
+def default_compilation_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "l2d" / "jax"
+
+
+def start_jax(config: TrainConfig) -> None:
+    """Join the other processes (multi-host), switch on the compilation cache, check devices."""
+    configure_jax_environment(config)
     import jax
 
+    if config.coordinator_address is not None:
+        # CPU processes exchange gradients through gloo (the default has no cross-process path).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(config.coordinator_address, config.num_processes,
+                                       config.process_id)
+        except (RuntimeError, ValueError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise L2DError(f"--coordinator-address={config.coordinator_address}: cannot join "
+                           f"the other processes: {first_line}") from None
+    if config.compilation_cache:
+        folder = Path(config.compilation_cache_dir or default_compilation_cache()).expanduser()
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        # Cache every program: l2d's many small ones (initialisation, evaluation) add up too.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     try:
         jax.devices()
     except RuntimeError as error:
@@ -248,16 +287,16 @@ def run_train_command(given: dict) -> None:
     else:
         config = TrainConfig(**given)
     config.validate()
-    configure_jax_environment(config)
-    check_jax_platform(config)
+    start_jax(config)
     from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
 
     if mode == "test":
         train.test(config, run_id)
     else:
         metrics = train.train(config, resume_run_id=run_id)
-        summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-        print(f"l2d: final test metrics: {summary}")
+        if config.process_id == 0:
+            summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            print(f"l2d: final test metrics: {summary}")
 
 
 def run_prepare_command(args: dict) -> None:
@@ -315,6 +354,7 @@ def run_demo_command(args: dict) -> None:
         clf_width=8, dfr_width=8, batch_size=64, lr=0.05, num_epochs=args["num_epochs"],
         seed=args["seed"],
     ).validate()
+    start_jax(config)
     from l2d import train
 
     m = train.train(config)

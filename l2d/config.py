@@ -9,6 +9,7 @@ from typing import Any
 from l2d.errors import L2DError
 
 MODEL_NAMES = ("cnn", "preact_resnet10")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 E_STEPS = ("exact", "mc")
 CLF_WEIGHTINGS = ("posterior", "uniform")
 
@@ -24,6 +25,11 @@ RUNTIME_FIELDS = frozenset(
         "num_threads",
         "tqdm",
         "cache_images",
+        "compilation_cache",
+        "compilation_cache_dir",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
     }
 )
 
@@ -80,6 +86,17 @@ class TrainConfig:
     # JAX platform ("cpu", "cuda", ...; None lets JAX choose) and the GPU memory share it takes.
     jax_platform: str | None = None
     mem_frac: float | None = None
+    # Precision of activations and matrix products (bfloat16 is for accelerators); parameters,
+    # optimizer states, losses and the E-step stay float32.
+    compute_dtype: str = "float32"
+    # JAX's persistent compilation cache, so that a second launch skips compilation; None puts it
+    # under $XDG_CACHE_HOME (or ~/.cache)/l2d/jax.
+    compilation_cache: bool = True
+    compilation_cache_dir: str | None = None
+    # Multi-host training: every process gets the same flags but its own --process-id.
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
     # Loader: batches prepared ahead of the training step, and decoding threads.
     prefetch_size: int = 4
     num_threads: int = 4
@@ -112,6 +129,16 @@ class TrainConfig:
         for name in ("clf_model", "dfr_model"):
             if getattr(self, name) not in MODEL_NAMES:
                 fail(name, getattr(self, name), f"unknown model; choose one of {MODEL_NAMES}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            fail("compute_dtype", self.compute_dtype, f"choose one of {COMPUTE_DTYPES}")
+        if self.num_processes < 1:
+            fail("num_processes", self.num_processes, "must be at least 1")
+        if not 0 <= self.process_id < self.num_processes:
+            fail("process_id", self.process_id,
+                 f"must be in [0, --num-processes={self.num_processes})")
+        if (self.num_processes > 1) != (self.coordinator_address is not None):
+            fail("coordinator_address", self.coordinator_address,
+                 "give it exactly when --num-processes is above 1")
         if self.e_step not in E_STEPS:
             fail("e_step", self.e_step, f"choose one of {E_STEPS}")
         if self.clf_weighting not in CLF_WEIGHTINGS:

@@ -4,7 +4,7 @@ Counts are summed on the device over all batches and divided once at the end, so
 (mask 0) never count and no batch is weighted differently from another.
 """
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,10 @@ def zero_eval_counts(num_classes: int, num_experts: int) -> dict[str, jax.Array]
 
 def make_eval_step(
     graphdef: nnx.GraphDef, *, num_classes: int, channel_mean: jax.Array, channel_std: jax.Array,
+    replicated: jax.sharding.Sharding,
 ) -> Callable:
-    """Build ``step(state, counts, batch) -> counts`` (eval-mode BatchNorm, jitted)."""
+    """Build ``step(state, counts, batch) -> counts`` (eval-mode BatchNorm, jitted; the counts
+    stay ``replicated`` over the devices the batch is sharded over)."""
 
     def step(state, counts, batch):
         system, _, _ = nnx.merge(graphdef, state)
@@ -59,18 +61,7 @@ def make_eval_step(
             + jax.nn.one_hot(labels, num_classes).T @ routed,
         }
 
-    return jax.jit(step, donate_argnums=(1,))
-
-
-def evaluate(
-    eval_step: Callable, state: nnx.State, batches: Iterable[dict[str, np.ndarray]],
-    *, num_classes: int, num_experts: int,
-) -> dict[str, np.ndarray]:
-    """Run ``eval_step`` over all batches; return the summed counts as NumPy arrays."""
-    counts = zero_eval_counts(num_classes, num_experts)
-    for batch in batches:
-        counts = eval_step(state, counts, batch)
-    return jax.device_get(counts)
+    return jax.jit(step, donate_argnums=(1,), out_shardings=replicated)
 
 
 def safe_ratio(numerator: float, denominator: float) -> float:

@@ -4,6 +4,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -44,10 +45,11 @@ def create_system(
     # RBG keys: XLA compiles their sampling in milliseconds where threefry takes about a second
     # per parameter shape on a CPU; initialisation stays a pure function of the seed.
     rngs = nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"))
+    dtype = jnp.dtype(config.compute_dtype)
     system = DeferralSystem(
-        classifier=build_model(config.clf_model, in_channels=in_channels,
+        classifier=build_model(config.clf_model, in_channels=in_channels, dtype=dtype,
                                num_outputs=num_classes, width=config.clf_width, rngs=rngs),
-        gate=build_model(config.dfr_model, in_channels=in_channels,
+        gate=build_model(config.dfr_model, in_channels=in_channels, dtype=dtype,
                          num_outputs=num_experts + 1, width=config.dfr_width, rngs=rngs),
     )
     tx = make_optimizer(config, total_steps)

@@ -173,3 +173,28 @@ class Tracker:
         experiment_id = self.client.get_run(run_id).info.experiment_id
         base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class NullTracker:
+    """What processes other than process 0 use in multi-host training: they log nothing."""
+
+    uri = "(process 0 logs)"
+
+    @contextlib.contextmanager
+    def run(self, **_: Any) -> Iterator[str]:
+        yield ""  # The real id comes from process 0 (``DataParallel.share_run_id``).
+
+    def run_exists(self, run_id: str) -> bool:
+        return True
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        pass
+
+    def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass

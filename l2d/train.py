@@ -10,10 +10,12 @@ import functools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import psutil
 from tqdm import tqdm
 
 from l2d import checkpoint
@@ -21,10 +23,22 @@ from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
 from l2d.errors import L2DError, TrainingDiverged
-from l2d.evaluate import deferral_table, evaluate, make_eval_step, summarise
+from l2d.evaluate import (
+    deferral_table,
+    make_eval_step,
+    summarise,
+    zero_eval_counts,
+)
+from l2d.parallel import data_parallel
 from l2d.signals import StopRequests
 from l2d.system import build_system
-from l2d.tracking import Tracker, check_reachable, json_safe, resolve_tracking_uri
+from l2d.tracking import (
+    NullTracker,
+    Tracker,
+    check_reachable,
+    json_safe,
+    resolve_tracking_uri,
+)
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 
 CONFIG_FILE = "config.json"
@@ -65,7 +79,9 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     check_artifact_path(config)
     dataset = load_dataset(config)
     config = resolve(config, dataset)
-    tracker = Tracker(uri)
+    parallel = data_parallel()
+    parallel.check_batch_size(config.batch_size)
+    tracker = Tracker(uri) if parallel.is_main else NullTracker()
     steps_per_epoch = train_steps_per_epoch(
         dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
     build = functools.partial(
@@ -75,32 +91,36 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     start_epoch = 0
     if resume_run_id is None:
         graphdef, state = build()
+        state = parallel.replicate(state)
     else:
         if not tracker.run_exists(resume_run_id):
             raise L2DError(f"--run-id={resume_run_id}: no such run in {tracker.uri}")
         graphdef, template = build(abstract=True)
         state, start_epoch = checkpoint.restore_latest(
-            run_folder(config, resume_run_id) / "checkpoints", checkpoint.abstract(template),
+            run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
             seed=config.seed)
 
     with StopRequests() as stop, tracker.run(
             experiment_name=config.experiment_name, description=config.run_description,
             run_id=resume_run_id) as run_id:
+        run_id = parallel.share_run_id(run_id)
         folder = run_folder(config, run_id)
         manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
-        if resume_run_id is None:
+        if resume_run_id is None and parallel.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             config.save(folder / CONFIG_FILE)
             tracker.log_params(config.to_dict())
             tracker.log_dict(config.to_dict(), CONFIG_FILE)
             tracker.set_tags({"checkpoints": str(folder / "checkpoints")})
-        print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
-              + ("" if tracker.uri.startswith("http") else
-                 f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
-              file=sys.stderr)
+        if parallel.is_main:
+            print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
+                  + ("" if tracker.uri.startswith("http") else
+                     f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
+                  file=sys.stderr)
         try:
             metrics, counts = fit(config, dataset, graphdef, state, tracker, manager, stop,
-                                  start_epoch=start_epoch, steps_per_epoch=steps_per_epoch)
+                                  parallel, start_epoch=start_epoch,
+                                  steps_per_epoch=steps_per_epoch)
         finally:
             manager.wait_until_finished()
             manager.close()
@@ -109,7 +129,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     return metrics
 
 
-def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch,
+def fit(config, dataset, graphdef, state, tracker, manager, stop, parallel, *, start_epoch,
         steps_per_epoch):
     """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
 
@@ -117,23 +137,39 @@ def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch
     """
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
     train_step = make_train_step(graphdef, config=config, num_classes=dataset.num_classes,
-                                 channel_mean=mean, channel_std=std)
-    eval_step = make_eval_step(graphdef, num_classes=dataset.num_classes,
-                               channel_mean=mean, channel_std=std)
-    loader = dict(prefetch_size=config.prefetch_size, num_threads=config.num_threads)
+                                 channel_mean=mean, channel_std=std, replicated=parallel.replicated)
+    eval_step = make_eval_step(graphdef, num_classes=dataset.num_classes, channel_mean=mean,
+                               channel_std=std, replicated=parallel.replicated)
     quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
+
+    def test_counts(state):
+        return evaluate_split(eval_step, state, dataset.test, dataset.test_images,
+                              num_classes=dataset.num_classes, config=config, parallel=parallel)
+
     metrics, counts = {}, {}
     epochs = tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
                   total=config.num_epochs, disable=quiet, file=sys.stderr)
     for epoch in epochs:
-        totals = zero_train_totals()
-        batches = train_batches(dataset.train, dataset.train_images, batch_size=config.batch_size,
-                                seed=config.seed, epoch=epoch, **loader)
-        for index, batch in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
-                                           total=steps_per_epoch, disable=quiet, file=sys.stderr)):
-            state, totals = train_step(state, totals, batch, epoch * steps_per_epoch + index)
+        totals = parallel.replicate(zero_train_totals())
+        started = time.perf_counter()
+        batches = train_batches(
+            dataset.train, dataset.train_images, batch_size=config.batch_size, seed=config.seed,
+            epoch=epoch, prefetch_size=config.prefetch_size, num_threads=config.num_threads,
+            shard=parallel.shard)
+        loader_wait = 0.0
+        for index in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
+                          disable=quiet, file=sys.stderr):
+            waiting = time.perf_counter()
+            batch = next(batches)
+            loader_wait += time.perf_counter() - waiting
+            state, totals = train_step(state, totals, parallel.put_batch(batch),
+                                       epoch * steps_per_epoch + index)
+            if epoch == start_epoch and index == 0 and parallel.is_main:
+                report_first_step(totals, tracker)
             stop.check()
-        totals = jax.device_get(totals)
+        totals = parallel.fetch(totals)
+        # fetch waited for the last step, so this is the epoch's whole training time.
+        loader_wait_fraction = loader_wait / (time.perf_counter() - started)
         nonfinite_steps = int(totals.pop(NONFINITE_STEPS))
         train_metrics = {k: float(v) / steps_per_epoch for k, v in totals.items()}
         # The only host sync of the epoch: NaN shows here, before a checkpoint could store it.
@@ -146,22 +182,42 @@ def fit(config, dataset, graphdef, state, tracker, manager, stop, *, start_epoch
                 f"epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in diverged.items())}; "
                 "stopped, " + (f"last good checkpoint: epoch {last} in {manager.directory}"
                                if last is not None else "no checkpoint was written"))
-        counts = evaluate(eval_step, state, eval_batches(
-            dataset.test, dataset.test_images, batch_size=config.batch_size, **loader),
-            num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        counts = test_counts(state)
         metrics = summarise(counts)
-        tracker.log_metrics({**train_metrics, **metrics}, step=epoch + 1)
+        tracker.log_metrics({**train_metrics, **metrics,
+                             "loader/wait_fraction": loader_wait_fraction}, step=epoch + 1)
         epochs.set_postfix(accuracy=f"{metrics['accuracy']:.3f}",
                            coverage=f"{metrics['coverage/test']:.2f}")
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
             checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed)
     if start_epoch == config.num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
-        counts = evaluate(eval_step, state, eval_batches(
-            dataset.test, dataset.test_images, batch_size=config.batch_size, **loader),
-            num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        counts = test_counts(state)
         metrics = summarise(counts)
     return metrics, counts
+
+
+def report_first_step(totals, tracker) -> None:
+    """Print and log the seconds from process start to the end of the first training step.
+
+    The one host sync outside the end of an epoch: it measures start-up (imports, decoding,
+    initialisation, compilation), which the persistent compilation cache shortens.
+    """
+    jax.block_until_ready(totals)
+    seconds = time.time() - psutil.Process().create_time()
+    print(f"l2d: first training step done {seconds:.1f} s after launch", file=sys.stderr)
+    tracker.log_metrics({"startup/first_step_s": seconds}, step=0)
+
+
+def evaluate_split(eval_step, state, split, images, *, num_classes, config, parallel):
+    """Summed evaluation counts of ``split``, each process feeding its rows of every batch."""
+    batches = eval_batches(split, images, batch_size=config.batch_size,
+                           prefetch_size=config.prefetch_size, num_threads=config.num_threads,
+                           shard=parallel.shard)
+    counts = parallel.replicate(zero_eval_counts(num_classes, split.num_experts))
+    for batch in batches:
+        counts = eval_step(state, counts, parallel.put_batch(batch))
+    return parallel.fetch(counts)
 
 
 def test(config: TrainConfig, run_id: str) -> dict[str, float]:
@@ -176,19 +232,18 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     if test_images.shape != config.image_shape:
         raise L2DError(f"{test_split.groundtruth_path}: images are {test_images.shape} (HxWxC), "
                        f"the run was trained on {config.image_shape}")
+    parallel = data_parallel()
+    parallel.check_batch_size(config.batch_size)
     graphdef, template = build_system(
         config, in_channels=test_images.shape[-1], num_classes=config.num_classes,
         num_experts=test_split.num_experts, total_steps=1, abstract=True)
     state, epoch = checkpoint.restore_latest(
-        run_folder(config, run_id) / "checkpoints", checkpoint.abstract(template),
-        seed=config.seed)
+        run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed)
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    eval_step = make_eval_step(graphdef, num_classes=config.num_classes,
-                               channel_mean=mean, channel_std=std)
-    counts = evaluate(eval_step, state, eval_batches(
-        test_split, test_images, batch_size=config.batch_size,
-        prefetch_size=config.prefetch_size, num_threads=config.num_threads),
-        num_classes=config.num_classes, num_experts=test_split.num_experts)
+    eval_step = make_eval_step(graphdef, num_classes=config.num_classes, channel_mean=mean,
+                               channel_std=std, replicated=parallel.replicated)
+    counts = evaluate_split(eval_step, state, test_split, test_images,
+                            num_classes=config.num_classes, config=config, parallel=parallel)
     metrics = summarise(counts)
     result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
               "test_files": list(config.test_files), "metrics": metrics,

@@ -30,7 +30,7 @@ def all_finite(tree) -> jax.Array:
 
 def make_train_step(
     graphdef: nnx.GraphDef, *, config: TrainConfig, num_classes: int,
-    channel_mean: jax.Array, channel_std: jax.Array,
+    channel_mean: jax.Array, channel_std: jax.Array, replicated: jax.sharding.Sharding,
 ) -> Callable:
     """Build ``step(state, totals, batch, global_step) -> (state, totals)``, jitted and donating.
 
@@ -38,6 +38,7 @@ def make_train_step(
     logits under stop_gradient. The posterior therefore sees batch-statistics BatchNorm, as the
     M-step does; a separate eval-mode pass would cost a third more compute for no EM benefit.
     Training coverage comes from the same gate logits. Nothing is copied to the host.
+    The new state and totals stay ``replicated`` over the devices the batch is sharded over.
     """
     base_key = jax.random.fold_in(jax.random.key(config.seed), _STEP_STREAM)
 
@@ -80,4 +81,4 @@ def make_train_step(
         }
         return nnx.state((system, clf_optimizer, gate_optimizer)), new_totals
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1), out_shardings=(replicated, replicated))

@@ -1,9 +1,9 @@
 """The data and plotting tools through the real CLI: prepare -> experts -> (train) -> plot."""
 
 import numpy as np
+from conftest import load
 from PIL import Image
 
-from conftest import load
 from l2d.cli import main
 
 

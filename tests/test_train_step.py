@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from l2d.config import TrainConfig
+from l2d.parallel import data_parallel
 from l2d.system import build_system
 from l2d.train_step import make_train_step, zero_train_totals
 
@@ -30,11 +31,18 @@ def random_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def make(config: TrainConfig):
+    """(graphdef, state, step) placed as ``l2d.train`` places them (state replicated)."""
+    parallel = data_parallel()
     graphdef, state = build_system(config, in_channels=3, num_classes=NUM_CLASSES,
                                    num_experts=NUM_EXPERTS, total_steps=10)
     step = make_train_step(graphdef, config=config, num_classes=NUM_CLASSES,
-                           channel_mean=jnp.full(3, 0.5), channel_std=jnp.full(3, 0.25))
-    return graphdef, state, step
+                           channel_mean=jnp.full(3, 0.5), channel_std=jnp.full(3, 0.25),
+                           replicated=parallel.replicated)
+    return graphdef, parallel.replicate(state), step
+
+
+def zero_totals():
+    return data_parallel().replicate(zero_train_totals())
 
 
 def params_of(graphdef, state, part: str) -> list[np.ndarray]:
@@ -46,7 +54,7 @@ def params_of(graphdef, state, part: str) -> list[np.ndarray]:
 def test_step_compiles_once_and_updates_both_networks(changes):
     graphdef, state, step = make(tiny_config(clf_weighting="uniform", **changes))
     before = {part: params_of(graphdef, state, part) for part in ("classifier", "gate")}
-    totals = zero_train_totals()
+    totals = zero_totals()
     for index in range(3):
         state, totals = step(state, totals, random_batch(index), index)
     assert step._cache_size() == 1
@@ -80,7 +88,7 @@ def test_each_network_runs_forward_once_per_step(monkeypatch):
 def test_same_seed_same_result_different_seed_different_result():
     def final_loss(seed):
         graphdef, state, step = make(tiny_config(seed=seed, augment=True))
-        totals = zero_train_totals()
+        totals = zero_totals()
         for index in range(2):
             state, totals = step(state, totals, random_batch(index), index)
         return float(totals["loss/dfr"])
@@ -108,3 +116,21 @@ def test_optimizer_decays_kernels_only_and_decays_the_learning_rate_to_zero():
     # Cosine decay: after total_steps the learning rate, and so the update, is zero.
     updates, state = tx.update(zero, state, params)
     np.testing.assert_allclose(updates["conv"]["kernel"], 0.0, atol=1e-9)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_close_losses():
+    def run(dtype):
+        graphdef, state, step = make(tiny_config(compute_dtype=dtype))
+        totals = zero_totals()
+        for index in range(2):
+            state, totals = step(state, totals, random_batch(index), index)
+        params = params_of(graphdef, state, "gate") + params_of(graphdef, state, "classifier")
+        return jax.device_get(totals), {p.dtype for p in params}
+
+    full, full_dtypes = run("float32")
+    half, half_dtypes = run("bfloat16")
+    assert full_dtypes == half_dtypes == {np.dtype(np.float32)}
+    for name in ("loss/clf", "loss/dfr"):
+        # bfloat16 keeps 8 bits of mantissa: about 2 significant digits.
+        np.testing.assert_allclose(half[name], full[name], rtol=0.05, err_msg=name)
+    assert half["nonfinite_steps"] == 0

@@ -29,8 +29,9 @@ def demo_manifests(folder: Path, *, seed: int) -> dict[str, list[str] | str] | N
     if not marker.is_file():
         return None
     manifests = json.loads(marker.read_text())
-    if manifests["seed"] != seed:
-        raise L2DError(f"{folder}: demo dataset built with seed {manifests['seed']}, not {seed}; "
+    if manifests.get("seed") != seed:
+        raise L2DError(f"{folder}: demo dataset built with seed {manifests.get('seed')}, "
+                       f"not {seed}; "
                        "choose another --data-dir")
     return manifests
 
