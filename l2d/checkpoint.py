@@ -7,6 +7,7 @@ state: a run restored at epoch e replays exactly what the interrupted run would 
 
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -14,8 +15,13 @@ from l2d.errors import L2DError
 
 
 def open_manager(directory: Path, *, keep: int) -> ocp.CheckpointManager:
-    """A manager that never deletes what it finds at start; it only keeps the newest ``keep``."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    """A manager that never deletes what it finds at start; it only keeps the newest ``keep``.
+
+    Saves are asynchronous in one process; with several, each save completes before training goes
+    on, so that no process can leave while another still waits for it to finish a save.
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=jax.process_count() == 1)
     return ocp.CheckpointManager(directory, options=options)
 
 

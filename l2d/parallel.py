@@ -70,6 +70,13 @@ class DataParallel:
         shared = multihost_utils.broadcast_one_to_all(encoded)
         return bytes(np.asarray(shared, dtype=np.uint8)).decode().strip()
 
+    def wait_for_all(self, name: str) -> None:
+        """Block until every process gets here (before leaving: process 0 logs longer)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
     def replicate(self, tree):
         return jax.device_put(tree, self.replicated)
 

@@ -81,18 +81,25 @@ def check_reachable(uri: str) -> None:
             raise L2DError(f"--tracking-uri={uri}: folder {folder} is not writable")
 
 
+def import_mlflow():
+    """Import mlflow quietly (it costs seconds; ``train`` does it beside other work)."""
+    user_chose_level = "MLFLOW_LOGGING_LEVEL" in os.environ
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    import mlflow
+
+    if not user_chose_level:
+        # The variable works only if mlflow was not imported yet (e.g. by a caller's code).
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return mlflow
+
+
 class Tracker:
     """A thin layer over MLflow's fluent API for one run at a time."""
 
     def __init__(self, uri: str):
-        user_chose_level = "MLFLOW_LOGGING_LEVEL" in os.environ
-        for name, value in QUIET_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
-        import mlflow  # Imported here: it costs seconds and `l2d --help` must stay instant.
-
-        if not user_chose_level:
-            # The variable works only if mlflow was not imported yet (e.g. by a caller's code).
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # Imported here, not at the top: it costs seconds and `l2d --help` must stay instant.
+        mlflow = import_mlflow()
         self._mlflow = mlflow
         self.uri = uri
         mlflow.set_tracking_uri(uri)

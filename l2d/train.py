@@ -5,10 +5,12 @@ artifact folder, manifests, images) runs before the MLflow run is created, so a 
 leaves a run behind; once the run exists, every exit ends it with a status.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from l2d.tracking import (
     NullTracker,
     Tracker,
     check_reachable,
+    import_mlflow,
     json_safe,
     resolve_tracking_uri,
 )
@@ -53,7 +56,8 @@ def check_artifact_path(config: TrainConfig) -> None:
     folder = Path(config.artifact_path).expanduser().resolve()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".l2d-write-test"
+        # One probe per process: processes of one multi-host job check the same folder at once.
+        probe = folder / f".l2d-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -71,34 +75,52 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     )
 
 
-def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str, float]:
-    """Train (or resume) a run; return its final test metrics."""
-    config.validate()
-    uri = resolve_tracking_uri(config.tracking_uri)
-    check_reachable(uri)
-    check_artifact_path(config)
-    dataset = load_dataset(config)
-    config = resolve(config, dataset)
-    parallel = data_parallel()
-    parallel.check_batch_size(config.batch_size)
-    tracker = Tracker(uri) if parallel.is_main else NullTracker()
+def initial_state(config, dataset, parallel, opening, resume_run_id):
+    """(graphdef, replicated state, first epoch): new, or the latest checkpoint of the run resumed.
+
+    ``opening`` is the tracker being opened in the background; it is waited for only to check
+    that the run to resume exists.
+    """
     steps_per_epoch = train_steps_per_epoch(
         dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
     build = functools.partial(
         build_system, config, in_channels=dataset.image_shape[-1],
         num_classes=dataset.num_classes, num_experts=dataset.num_experts,
         total_steps=config.num_epochs * steps_per_epoch)
-    start_epoch = 0
     if resume_run_id is None:
         graphdef, state = build()
-        state = parallel.replicate(state)
-    else:
-        if not tracker.run_exists(resume_run_id):
-            raise L2DError(f"--run-id={resume_run_id}: no such run in {tracker.uri}")
-        graphdef, template = build(abstract=True)
-        state, start_epoch = checkpoint.restore_latest(
-            run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
-            seed=config.seed)
+        return graphdef, parallel.replicate(state), 0
+    if not opening.result().run_exists(resume_run_id):
+        raise L2DError(f"--run-id={resume_run_id}: no such run in {opening.result().uri}")
+    graphdef, template = build(abstract=True)
+    state, start_epoch = checkpoint.restore_latest(
+        run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
+        seed=config.seed)
+    return graphdef, state, start_epoch
+
+
+def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str, float]:
+    """Train (or resume) a run; return its final test metrics."""
+    config.validate()
+    uri = resolve_tracking_uri(config.tracking_uri)
+    check_reachable(uri)
+    check_artifact_path(config)
+    parallel = data_parallel()
+    parallel.check_batch_size(config.batch_size)
+    # Importing mlflow and opening its store take seconds: the import runs beside the data checks,
+    # the opening beside the model initialisation, once the data is known to be good (so that a
+    # bad input leaves no trace in the store).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+        background.submit(import_mlflow)
+        dataset = load_dataset(config)
+        config = resolve(config, dataset)
+        opening = background.submit(
+            functools.partial(Tracker, uri) if parallel.is_main else NullTracker)
+        graphdef, state, start_epoch = initial_state(
+            config, dataset, parallel, opening, resume_run_id)
+        tracker = opening.result()
+    steps_per_epoch = train_steps_per_epoch(
+        dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
 
     with StopRequests() as stop, tracker.run(
             experiment_name=config.experiment_name, description=config.run_description,
@@ -126,6 +148,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             manager.close()
         tracker.log_dict(metrics, "final_metrics.json")
         tracker.log_dict(deferral_table(counts), "deferral_table.json")
+    parallel.wait_for_all("l2d: run ended")
     return metrics
 
 

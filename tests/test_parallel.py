@@ -1,5 +1,6 @@
 """Data parallelism: 2 forced CPU devices give the 1-device run's losses and parameters."""
 
+import shutil
 import subprocess
 import sys
 
@@ -74,21 +75,12 @@ def test_batch_size_must_divide_by_the_device_count(dataset, tmp_path):
         "l2d: error: --batch-size=5: must be divisible by the number of devices, 2"]
 
 
-def test_two_processes_match_one_process_and_log_one_run(dataset, tmp_path):
-    flags = ("--batch-size", "8", "--num-epochs", "2", "--checkpoint-every", "1")
-    one = train(dataset, tmp_path / "one", *flags)
-    assert one.returncode == 0, one.stderr
-    folder = tmp_path / "two"
-    folder.mkdir()
+def run_processes(folder, *args):
+    """``python -m l2d train ARGS`` as processes 0 and 1 of one job on loopback; their outputs."""
     address = f"127.0.0.1:{free_port()}"
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "l2d", "train",
-             "--train-files", ",".join(dataset["train_experts"]),
-             "--train-groundtruth-file", dataset["train_groundtruth"],
-             "--test-files", ",".join(dataset["test_experts"]),
-             "--test-groundtruth-file", dataset["test_groundtruth"],
-             "--clf-width", "4", "--dfr-width", "2", "--no-tqdm", "--seed", "2", *flags,
+            [sys.executable, "-m", "l2d", "train", *args, "--no-tqdm",
              "--coordinator-address", address, "--num-processes", "2", "--process-id", str(i)],
             cwd=folder, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
@@ -96,13 +88,36 @@ def test_two_processes_match_one_process_and_log_one_run(dataset, tmp_path):
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
+    return outputs
+
+
+def test_two_processes_match_one_process_log_one_run_and_resume(dataset, tmp_path):
+    flags = ("--batch-size", "8", "--num-epochs", "2", "--checkpoint-every", "1")
+    one = train(dataset, tmp_path / "one", *flags)
+    assert one.returncode == 0, one.stderr
+    folder = tmp_path / "two"
+    folder.mkdir()
+    outputs = run_processes(
+        folder, "--train-files", ",".join(dataset["train_experts"]),
+        "--train-groundtruth-file", dataset["train_groundtruth"],
+        "--test-files", ",".join(dataset["test_experts"]),
+        "--test-groundtruth-file", dataset["test_groundtruth"],
+        "--clf-width", "4", "--dfr-width", "2", "--seed", "2", *flags)
     # Only process 0 talks: one run line, one final line (gloo prints its own lines on both).
     assert "l2d: run " in outputs[0][1] and "l2d: run " not in outputs[1][1]
     assert "final test metrics" in outputs[0][0] and "final test metrics" not in outputs[1][0]
-    (_, run_one), (_, run_two) = run_of(tmp_path / "one"), run_of(folder)
+    (_, run_one), (client, run_two) = run_of(tmp_path / "one"), run_of(folder)
     assert run_two.info.status == "FINISHED"
     for name in ("loss/clf", "loss/dfr", "accuracy"):
         np.testing.assert_allclose(run_two.data.metrics[name], run_one.data.metrics[name],
                                    rtol=1e-4, err_msg=name)
     checkpoints = folder / "artifacts" / run_two.info.run_id / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "2"]
+
+    # Both processes restore epoch 1 and redo epoch 2: the same final losses again.
+    shutil.rmtree(checkpoints / "2")
+    run_processes(folder, "--resume", "--run-id", run_two.info.run_id)
+    resumed = client.get_run(run_two.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    for name in ("loss/clf", "loss/dfr", "accuracy"):
+        assert resumed.data.metrics[name] == run_two.data.metrics[name], name

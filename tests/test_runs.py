@@ -65,9 +65,13 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     run = only_run(client)
     assert run.info.status == "FINISHED"
     for name in ("loss/clf", "loss/dfr", "coverage/train", "coverage/test", "accuracy",
-                 "clf_accuracy/all", "expert_0/share", "expert_1/accuracy_received"):
+                 "clf_accuracy/all", "expert_0/share", "expert_1/accuracy_received",
+                 "loader/wait_fraction"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
+    assert all(0 <= m.value < 1 for m in
+               client.get_metric_history(run.info.run_id, "loader/wait_fraction"))
+    assert run.data.metrics["startup/first_step_s"] > 0
     params = run.data.params
     assert params["train_groundtruth_file"] == dataset["train_groundtruth"]
     assert params["test_files"] == str(tuple(dataset["test_experts"]))
