@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import psutil
 from tqdm import tqdm
 
@@ -118,6 +119,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             functools.partial(Tracker, uri) if parallel.is_main else NullTracker)
         graphdef, state, start_epoch = initial_state(
             config, dataset, parallel, opening, resume_run_id)
+        train_step, eval_step = compiled_steps(config, dataset, graphdef, state, parallel)
         tracker = opening.result()
     steps_per_epoch = train_steps_per_epoch(
         dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
@@ -140,8 +142,8 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
                      f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
                   file=sys.stderr)
         try:
-            metrics, counts = fit(config, dataset, graphdef, state, tracker, manager, stop,
-                                  parallel, start_epoch=start_epoch,
+            metrics, counts = fit(config, dataset, train_step, eval_step, state, tracker,
+                                  manager, stop, parallel, start_epoch=start_epoch,
                                   steps_per_epoch=steps_per_epoch)
         finally:
             manager.wait_until_finished()
@@ -152,17 +154,33 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     return metrics
 
 
-def fit(config, dataset, graphdef, state, tracker, manager, stop, parallel, *, start_epoch,
-        steps_per_epoch):
-    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
+def compiled_steps(config, dataset, graphdef, state, parallel):
+    """The jitted training and evaluation steps, the training step already compiled.
 
-    ``stop.check()`` after every step is where Ctrl-C and SIGTERM take effect.
+    Compiling here, before the MLflow run is opened, lets it overlap the opening of the store;
+    the first training step then runs at once.
     """
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
     train_step = make_train_step(graphdef, config=config, num_classes=dataset.num_classes,
                                  channel_mean=mean, channel_std=std, replicated=parallel.replicated)
     eval_step = make_eval_step(graphdef, num_classes=dataset.num_classes, channel_mean=mean,
                                channel_std=std, replicated=parallel.replicated)
+    local_rows = config.batch_size // parallel.shard[1]
+    example = parallel.put_batch({
+        "image": np.zeros((local_rows, *dataset.image_shape), np.uint8),
+        "label": np.zeros(local_rows, np.int32),
+        "expert_labels": np.zeros((local_rows, dataset.num_experts), np.int32),
+    })
+    train_step.lower(state, parallel.replicate(zero_train_totals()), example, 0).compile()
+    return train_step, eval_step
+
+
+def fit(config, dataset, train_step, eval_step, state, tracker, manager, stop, parallel, *,
+        start_epoch, steps_per_epoch):
+    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
+
+    ``stop.check()`` after every step is where Ctrl-C and SIGTERM take effect.
+    """
     quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
 
     def test_counts(state):
