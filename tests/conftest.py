@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from l2d.errors import L2DError
+
 REPO = Path(__file__).resolve().parents[1]
 # A proxy in the environment would carry requests to loopback servers away from this machine.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
@@ -31,6 +33,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def raises_one_line(fn, *fragments) -> str:
+    """``fn()`` raises L2DError with a one-line message that contains every fragment."""
+    with pytest.raises(L2DError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert str(fragment) in message, (fragment, message)
+    return message
 
 
 def load(path):

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import dump, load, make_dataset
+from conftest import dump, load, make_dataset, raises_one_line
 from PIL import Image
 
 from l2d.data.images import decode_all
@@ -19,22 +19,10 @@ from l2d.data.pipeline import (
     train_batches,
     train_steps_per_epoch,
 )
-from l2d.errors import L2DError
 
 
 def _train(d):
     return load_split(d["train_groundtruth"], d["train_experts"])
-
-
-def _raises(fn, *fragments):
-    """``fn()`` raises L2DError with a one-line message that contains every fragment."""
-    with pytest.raises(L2DError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert str(fragment) in message, (fragment, message)
-    return message
 
 
 def _image_path(d, entry):
@@ -69,12 +57,12 @@ def _image_path(d, entry):
 def test_read_manifest_rejects_bad_content(tmp_path, content, fragments):
     path = str(tmp_path / "m.json")
     dump(path, content)
-    _raises(lambda: read_manifest(path), path, *fragments)
+    raises_one_line(lambda: read_manifest(path), path, *fragments)
 
 
 def test_missing_manifest(tmp_path):
     path = str(tmp_path / "nope.json")
-    _raises(lambda: read_manifest(path), path, "not found")
+    raises_one_line(lambda: read_manifest(path), path, "not found")
 
 
 def test_relative_and_absolute_paths(tmp_path, tiny_dataset):
@@ -89,7 +77,7 @@ def test_relative_and_absolute_paths(tmp_path, tiny_dataset):
     ]
     # The same file named absolutely and relatively is a duplicate.
     dump(path, [{"file": absolute, "label": 1}, {"file": "../images/train_0000.png", "label": 2}])
-    _raises(lambda: read_manifest(path), path, "entry 1", "duplicate")
+    raises_one_line(lambda: read_manifest(path), path, "entry 1", "duplicate")
 
 
 def test_load_split_reads_fixture(tiny_dataset):
@@ -123,7 +111,7 @@ def test_expert_missing_a_file(tiny_dataset):
     entries = load(path)
     dropped = entries.pop(4)["file"]
     dump(path, entries)
-    _raises(lambda: _train(tiny_dataset), path, os.path.basename(dropped), "entry 4")
+    raises_one_line(lambda: _train(tiny_dataset), path, os.path.basename(dropped), "entry 4")
 
 
 def test_expert_with_an_extra_file(tiny_dataset):
@@ -131,24 +119,25 @@ def test_expert_with_an_extra_file(tiny_dataset):
     entries = load(path)
     entries.append({"file": "images/test_0000.png", "label": 0})
     dump(path, entries)
-    _raises(lambda: _train(tiny_dataset), path, "entry 20", "test_0000.png", "not in the ground")
+    raises_one_line(lambda: _train(tiny_dataset), path, "entry 20", "test_0000.png",
+                    "not in the ground")
 
 
 def test_no_experts(tiny_dataset):
     gt = tiny_dataset["train_groundtruth"]
-    _raises(lambda: load_split(gt, []), gt, "expert")
+    raises_one_line(lambda: load_split(gt, []), gt, "expert")
 
 
 def test_missing_image_file(tiny_dataset):
     os.remove(_image_path(tiny_dataset, 7))
     gt = tiny_dataset["train_groundtruth"]
-    _raises(lambda: _train(tiny_dataset), gt, "entry 7", "not found")
+    raises_one_line(lambda: _train(tiny_dataset), gt, "entry 7", "not found")
 
 
 def test_num_classes_smaller_than_labels(tiny_dataset):
     split = _train(tiny_dataset)
     row = int(np.argmax(split.labels == 2))
-    _raises(
+    raises_one_line(
         lambda: infer_num_classes(split, 2),
         tiny_dataset["train_groundtruth"],
         f"entry {row}",
@@ -163,7 +152,7 @@ def test_label_out_of_range(tiny_dataset):
     entries[3]["label"] = 7
     dump(gt, entries)
     split = load_split(gt, tiny_dataset["test_experts"])
-    _raises(lambda: check_labels(split, 3), gt, "entry 3", entries[3]["file"], "label 7")
+    raises_one_line(lambda: check_labels(split, 3), gt, "entry 3", entries[3]["file"], "label 7")
     check_labels(split, 8)
 
 
@@ -173,7 +162,7 @@ def test_expert_label_out_of_range_names_the_expert_entry(tiny_dataset):
     entries[2]["label"] = 9
     dump(path, entries)
     split = load_split(tiny_dataset["test_groundtruth"], tiny_dataset["test_experts"])
-    _raises(lambda: check_labels(split, 3), path, "entry 2", entries[2]["file"], "label 9")
+    raises_one_line(lambda: check_labels(split, 3), path, "entry 2", entries[2]["file"], "label 9")
 
 
 def test_negative_label_in_records_is_rejected(tiny_dataset):
@@ -183,7 +172,7 @@ def test_negative_label_in_records_is_rejected(tiny_dataset):
     bad = type(split)(
         split.groundtruth_path, split.expert_paths, split.files, labels, split.expert_labels
     )
-    _raises(lambda: check_labels(bad, 3), split.groundtruth_path, "entry 5", "label -2")
+    raises_one_line(lambda: check_labels(bad, 3), split.groundtruth_path, "entry 5", "label -2")
 
 
 # ---------------------------------------------------------------- decoding
@@ -217,7 +206,7 @@ def test_undecodable_image(tiny_dataset, keep):
     with open(_image_path(tiny_dataset, 13), "wb") as f:
         f.write(b"not a png")
     split = _train(tiny_dataset)
-    _raises(
+    raises_one_line(
         lambda: decode_all(split, num_threads=2, keep=keep),
         tiny_dataset["train_groundtruth"],
         "entry 13",
@@ -232,7 +221,7 @@ def test_undecodable_image(tiny_dataset, keep):
 def test_mixed_shapes(tiny_dataset, bad, expected):
     Image.fromarray(bad.astype(np.uint8)).save(_image_path(tiny_dataset, 11))
     split = _train(tiny_dataset)
-    _raises(
+    raises_one_line(
         lambda: decode_all(split, num_threads=2, keep=False),
         tiny_dataset["train_groundtruth"],
         "entry 11",
@@ -265,7 +254,7 @@ def test_steps():
     assert train_steps_per_epoch(20, 8) == 2
     assert train_steps_per_epoch(16, 8) == 2
     assert eval_steps(20, 8) == 3 and eval_steps(16, 8) == 2
-    _raises(lambda: train_steps_per_epoch(5, 8, manifest="gt.json"), "gt.json", "5", "8")
+    raises_one_line(lambda: train_steps_per_epoch(5, 8, manifest="gt.json"), "gt.json", "5", "8")
 
 
 def test_train_batches(tiny_dataset):
@@ -334,7 +323,7 @@ def test_shards_split_each_global_batch(tiny_dataset, make):
             assert parts[0][step][key].shape[0] == 4
             joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
             np.testing.assert_array_equal(joined, batch[key])
-    _raises(lambda: make(split, kept, shard=(0, 3), **kw), "8", "3")
+    raises_one_line(lambda: make(split, kept, shard=(0, 3), **kw), "8", "3")
 
 
 def test_undecodable_image_while_streaming(tiny_dataset):
@@ -343,7 +332,7 @@ def test_undecodable_image_while_streaming(tiny_dataset):
     with open(split.files[6], "wb") as f:
         f.write(b"broken after the check")
     batches = eval_batches(split, streamed, batch_size=4, prefetch_size=2, num_threads=2)
-    _raises(lambda: _collect(batches), split.groundtruth_path, "entry 6", "train_0006.png")
+    raises_one_line(lambda: _collect(batches), split.groundtruth_path, "entry 6", "train_0006.png")
 
 
 def test_stopping_early_ends_the_producer(tiny_dataset):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises_one_line
 
 from l2d.data.experts import (
     ExpertSpec,
@@ -20,7 +21,6 @@ from l2d.data.experts import (
     write_experts,
 )
 from l2d.data.manifest import load_split, read_manifest
-from l2d.errors import L2DError
 
 N = 20_000
 C = 10
@@ -193,35 +193,27 @@ def test_output_prefix(tmp_path):
     assert all(r["accuracy"] == 1.0 for r in results)
 
 
-def _raises(fn, *fragments):
-    with pytest.raises(L2DError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert str(fragment) in message, (fragment, message)
-
 
 def test_errors(tmp_path):
     truth = _manifest(tmp_path, "train_groundtruth.json", ["a.png", "b.png"], [0, 3])
-    _raises(lambda: ExpertSpec.noise(1.5), "1.5", "[0, 1]")
-    _raises(lambda: ExpertSpec.noise(float("nan")), "nan")
-    _raises(lambda: ExpertSpec.specialist("0-4", 1.0, -0.1), "p_out", "-0.1")
-    _raises(lambda: ExpertSpec.specialist((), 1.0, 0.1), "non-empty class set")
-    _raises(lambda: ExpertSpec("oracle"), "kind", "oracle")
-    _raises(lambda: parse_classes(""), "empty")
-    _raises(lambda: parse_classes("4-2"), "4-2")
-    _raises(lambda: parse_classes("a,b"), "'a'")
-    _raises(lambda: write_experts([truth], ExpertSpec.specialist("2-4", 1.0, 0.1), seed=0,
+    raises_one_line(lambda: ExpertSpec.noise(1.5), "1.5", "[0, 1]")
+    raises_one_line(lambda: ExpertSpec.noise(float("nan")), "nan")
+    raises_one_line(lambda: ExpertSpec.specialist("0-4", 1.0, -0.1), "p_out", "-0.1")
+    raises_one_line(lambda: ExpertSpec.specialist((), 1.0, 0.1), "non-empty class set")
+    raises_one_line(lambda: ExpertSpec("oracle"), "kind", "oracle")
+    raises_one_line(lambda: parse_classes(""), "empty")
+    raises_one_line(lambda: parse_classes("4-2"), "4-2")
+    raises_one_line(lambda: parse_classes("a,b"), "'a'")
+    raises_one_line(lambda: write_experts([truth], ExpertSpec.specialist("2-4", 1.0, 0.1), seed=0,
                                   num_classes=None), "class 4", "[0, 4)")
-    _raises(lambda: write_experts([truth], ExpertSpec.noise(0.1), seed=0, num_classes=3),
+    raises_one_line(lambda: write_experts([truth], ExpertSpec.noise(0.1), seed=0, num_classes=3),
             str(truth), "label 3", "num_classes=3")
-    _raises(lambda: write_experts([str(tmp_path / "missing.json")], ExpertSpec.noise(0.1),
+    raises_one_line(lambda: write_experts([str(tmp_path / "missing.json")], ExpertSpec.noise(0.1),
                                   seed=0, num_classes=None), "missing.json", "not found")
     broken = tmp_path / "broken.json"
     broken.write_text("[{")
-    _raises(lambda: write_experts([str(broken)], ExpertSpec.noise(0.1), seed=0,
-                                  num_classes=None), "broken.json", "invalid JSON")
-    _raises(lambda: write_experts([truth], ExpertSpec.noise(0.1), seed=-1, num_classes=None),
-            "seed")
+    raises_one_line(lambda: write_experts([str(broken)], ExpertSpec.noise(0.1), seed=0,
+                                          num_classes=None), "broken.json", "invalid JSON")
+    raises_one_line(
+        lambda: write_experts([truth], ExpertSpec.noise(0.1), seed=-1, num_classes=None), "seed")
     assert sorted(os.listdir(tmp_path)) == ["broken.json", "train_groundtruth.json"]

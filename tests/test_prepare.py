@@ -9,11 +9,11 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import raises_one_line
 from PIL import Image
 
 from l2d.data.manifest import read_manifest
 from l2d.data.prepare import prepare_dataset, sort_class_names
-from l2d.errors import L2DError
 
 OUTPUTS = ("train_groundtruth.json", "test_groundtruth.json", "classes.json")
 
@@ -39,16 +39,6 @@ def _entries(path):
 def _text(path):
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def _raises(fn, *fragments):
-    with pytest.raises(L2DError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert str(fragment) in message, (fragment, message)
-    return message
 
 
 def _nothing_written(output):
@@ -183,7 +173,7 @@ def test_archive_members_outside_the_folder_are_refused(tmp_path, name):
         info = tarfile.TarInfo(name)
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
-    _raises(lambda: prepare_dataset(archive, tmp_path / "out"), str(archive), repr(name))
+    raises_one_line(lambda: prepare_dataset(archive, tmp_path / "out"), str(archive), repr(name))
     assert not (tmp_path / "evil.png").exists() and not os.path.exists("/tmp/l2d-evil.png")
     assert not (tmp_path / "out" / "images").exists()
 
@@ -192,20 +182,20 @@ def test_errors_name_the_folder_and_write_nothing(tmp_path):
     output = tmp_path / "out"
     empty = tmp_path / "empty"
     empty.mkdir()
-    _raises(lambda: prepare_dataset(empty, output), str(empty), "empty")
+    raises_one_line(lambda: prepare_dataset(empty, output), str(empty), "empty")
 
     loose = tmp_path / "loose"
     _png(str(loose / "a.png"))
-    _raises(lambda: prepare_dataset(loose, output), str(loose), "no class folders")
+    raises_one_line(lambda: prepare_dataset(loose, output), str(loose), "no class folders")
 
     no_images = tmp_path / "no_images"
     _classes(no_images, {"a": 2})
     (no_images / "b").mkdir()
     (no_images / "b" / "readme.txt").write_text("x")
-    _raises(lambda: prepare_dataset(no_images, output), str(no_images / "b"), "no images")
+    raises_one_line(lambda: prepare_dataset(no_images, output), str(no_images / "b"), "no images")
 
-    _raises(lambda: prepare_dataset(tmp_path / "missing", output), "missing", "no such")
-    _raises(lambda: prepare_dataset(empty, output, test_share=1.0), "test_share")
+    raises_one_line(lambda: prepare_dataset(tmp_path / "missing", output), "missing", "no such")
+    raises_one_line(lambda: prepare_dataset(empty, output, test_share=1.0), "test_share")
     assert not output.exists()
 
 
@@ -213,7 +203,7 @@ def test_unreadable_image_is_named(tmp_path):
     source = tmp_path / "src"
     _classes(source, {"a": 4, "b": 4})
     (source / "b" / "002.png").write_bytes(b"not a png")
-    message = _raises(lambda: prepare_dataset(source, tmp_path / "out", num_threads=1),
+    message = raises_one_line(lambda: prepare_dataset(source, tmp_path / "out", num_threads=1),
                       str(source / "b" / "002.png"), "cannot be decoded", "no manifest")
     assert "split" in message
     assert not (tmp_path / "out").exists()
@@ -223,13 +213,13 @@ def test_mixed_shapes_are_refused(tmp_path):
     source = tmp_path / "src"
     _classes(source, {"a": 3, "b": 3})
     _png(str(source / "b" / "001.png"), size=5)
-    _raises(lambda: prepare_dataset(source, tmp_path / "out", num_threads=1),
+    raises_one_line(lambda: prepare_dataset(source, tmp_path / "out", num_threads=1),
             str(source / "b" / "001.png"), "(5, 5, 3)", "(4, 4, 3)")
     # Train and test each of one shape, but different from each other.
     split = tmp_path / "split"
     _classes(split / "train", {"a": 2, "b": 2})
     _classes(split / "test", {"a": 1, "b": 1}, channels=1)
-    _raises(lambda: prepare_dataset(split, tmp_path / "out", num_threads=1),
+    raises_one_line(lambda: prepare_dataset(split, tmp_path / "out", num_threads=1),
             "(4, 4, 1)", "(4, 4, 3)")
     assert not (tmp_path / "out").exists()
 
@@ -237,10 +227,10 @@ def test_mixed_shapes_are_refused(tmp_path):
 def test_train_and_test_must_hold_the_same_classes(tmp_path):
     source = tmp_path / "src"
     _train_test_tree(source, train={"0": 1, "1": 1, "2": 1}, test={"0": 1, "1": 1, "3": 1})
-    _raises(lambda: prepare_dataset(source, tmp_path / "out"), str(source),
+    raises_one_line(lambda: prepare_dataset(source, tmp_path / "out"), str(source),
             "only in train/: ['2']", "only in test/: ['3']")
     only_train = tmp_path / "only_train"
     _classes(only_train / "train", {"0": 1, "1": 1})
     (only_train / "other").mkdir()
-    _raises(lambda: prepare_dataset(only_train, tmp_path / "out"), "no test/ folder")
+    raises_one_line(lambda: prepare_dataset(only_train, tmp_path / "out"), "no test/ folder")
     _nothing_written(tmp_path / "out")
