@@ -241,6 +241,12 @@ def start_jax(config: TrainConfig) -> None:
                            f"the other processes: {first_line}") from None
     if config.compilation_cache:
         folder = Path(config.compilation_cache_dir or default_compilation_cache()).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            # JAX would silently compile without the cache: say so instead.
+            raise L2DError(f"--compilation-cache-dir={folder}: cannot create it "
+                           f"({error.strerror})") from None
         jax.config.update("jax_compilation_cache_dir", str(folder))
         # Cache every program: l2d's many small ones (initialisation, evaluation) add up too.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

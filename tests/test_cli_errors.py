@@ -438,3 +438,10 @@ def test_deleted_experiment(in_tmp, tiny_dataset, capfd):
     argv = train_argv(tiny_dataset, "--experiment-name", "gone")
     assert_user_error(*run_main(argv, capfd), "--experiment-name=gone", "deleted")
     assert_no_running_run(in_tmp)
+
+
+def test_unusable_compilation_cache_dir(in_tmp, tiny_dataset, capfd):
+    (in_tmp / "afile").write_text("a regular file: nothing can be created under it\n")
+    argv = train_argv(tiny_dataset, "--compilation-cache-dir", str(in_tmp / "afile" / "cache"))
+    assert_user_error(*run_main(argv, capfd), "--compilation-cache-dir", "cannot create it")
+    assert_no_running_run(in_tmp)
