@@ -15,6 +15,8 @@ from l2d.config import (
     CLF_WEIGHTINGS,
     COMPUTE_DTYPES,
     E_STEPS,
+    METHOD_FIELDS,
+    METHOD_NAMES,
     MODEL_NAMES,
     RUNTIME_FIELDS,
     TrainConfig,
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", argument_default=argparse.SUPPRESS,
         help="train a deferral system (or --resume / --test an existing run)",
-        description="Train a classifier and a gating model by EM on manifests of images, "
-                    "ground truth and expert labels. File lists are comma-separated.")
+        description="Train a learning-to-defer system (EM, or a surrogate loss) on manifests "
+                    "of images, ground truth and expert labels. File lists are comma-separated.")
     defaults = TrainConfig()
 
     def add(group, flag: str, help: str, **kwargs) -> None:
@@ -90,20 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     add(data, "--prefetch-size", "batches prepared ahead of the training step", type=int)
     add(data, "--num-threads", "image decoding threads", type=int)
 
-    model = train.add_argument_group("models and method")
-    add(model, "--clf-model", "classifier network", choices=MODEL_NAMES)
-    add(model, "--clf-width", "classifier width (cnn: 32 channels by default, "
+    model = train.add_argument_group("method and models")
+    add(model, "--method", "em: classifier + gate trained by EM; softmax or ova: one network "
+        "with C + K outputs trained by that surrogate loss", choices=METHOD_NAMES)
+    add(model, "--clf-model", "em: classifier network", choices=MODEL_NAMES)
+    add(model, "--clf-width", "em: classifier width (cnn: 32 channels by default, "
         "preact_resnet10: 64)", type=int)
-    add(model, "--dfr-model", "gating (deferral) network", choices=MODEL_NAMES)
-    add(model, "--dfr-width", "gating network base width (preact_resnet10: 64 by default, "
+    add(model, "--dfr-model", "em: gating (deferral) network", choices=MODEL_NAMES)
+    add(model, "--dfr-width", "em: gating network base width (preact_resnet10: 64 by default, "
         "cnn: 32)", type=int)
-    add(model, "--e-step", "posterior of the E-step: exact, or Monte Carlo samples",
+    add(model, "--e-step", "em: posterior of the E-step, exact or Monte Carlo samples",
         choices=E_STEPS)
-    add(model, "--mc-samples", "samples of z per input for --e-step mc", type=int)
-    add(model, "--expert-smoothing", "label smoothing eps of expert annotations in p(y | expert)",
-        type=float)
-    add(model, "--clf-weighting", "classifier loss weights: q(classifier) or uniform",
+    add(model, "--mc-samples", "em: samples of z per input for --e-step mc", type=int)
+    add(model, "--expert-smoothing", "em: label smoothing eps of expert annotations in "
+        "p(y | expert)", type=float)
+    add(model, "--clf-weighting", "em: classifier loss weights, q(classifier) or uniform",
         choices=CLF_WEIGHTINGS)
+    add(model, "--model", "softmax, ova: the network", choices=MODEL_NAMES)
+    add(model, "--width", "softmax, ova: network base width (preact_resnet10: 64 by default, "
+        "cnn: 32)", type=int)
     add(model, "--lr", "initial learning rate (cosine decay to 0)", type=float)
     add(model, "--momentum", "SGD momentum", type=float)
     add(model, "--weight-decay", "weight decay on kernels (not biases or norm scales)", type=float)
@@ -276,6 +283,15 @@ def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> Train
     return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in allowed})
 
 
+def check_method_flags(given: dict, method: str) -> None:
+    """A flag that only another method reads is an error, not silently ignored."""
+    for name in given:
+        owners = [m for m, fields in METHOD_FIELDS.items() if name in fields]
+        if owners and method not in owners:
+            raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
+                           f"{' or '.join(owners)}, not by --method {method}")
+
+
 def run_train_command(given: dict) -> None:
     mode = given.pop("mode", "train")
     resume = given.pop("resume", False)
@@ -293,6 +309,7 @@ def run_train_command(given: dict) -> None:
     else:
         config = TrainConfig(**given)
     config.validate()
+    check_method_flags(given, config.method)
     start_jax(config)
     from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
 
@@ -361,14 +378,15 @@ def run_demo_command(args: dict) -> None:
         seed=args["seed"],
     ).validate()
     start_jax(config)
-    from l2d import train
+    from l2d import metrics, train
 
     m = train.train(config)
-    print(f"system accuracy {m['accuracy']:.3f} at coverage {m['coverage/test']:.3f} "
+    print(f"system accuracy {m[metrics.ACCURACY]:.3f} at coverage {m[metrics.COVERAGE]:.3f} "
           f"(share kept by the classifier)\n"
-          f"classifier alone {m['clf_accuracy/all']:.3f}; "
-          + "; ".join(f"expert {k} alone {m[f'expert_{k}/accuracy_alone']:.3f} "
-                      f"(receives {m[f'expert_{k}/share']:.3f})" for k in range(2))
+          f"classifier alone {m[metrics.CLF_ACCURACY]:.3f}; "
+          + "; ".join(f"expert {k} alone {m[metrics.expert_accuracy_alone(k)]:.3f} "
+                      f"(receives {m[metrics.expert_share(k)]:.3f})"
+                      for k in range(len(config.train_files)))
           + f"\nsee the run: mlflow ui --backend-store-uri {train.resolve_tracking_uri(None)}"
           " then open http://127.0.0.1:5000")
 

@@ -13,6 +13,16 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 E_STEPS = ("exact", "mc")
 CLF_WEIGHTINGS = ("posterior", "uniform")
 
+# The flags (config fields) each --method reads; giving one that belongs only to another method
+# is an error rather than silently ignored. Keys are the method names of ``l2d.methods.METHODS``.
+METHOD_FIELDS: dict[str, frozenset[str]] = {
+    "em": frozenset({"clf_model", "clf_width", "dfr_model", "dfr_width", "e_step", "mc_samples",
+                     "expert_smoothing", "clf_weighting"}),
+    "softmax": frozenset({"model", "width"}),
+    "ova": frozenset({"model", "width"}),
+}
+METHOD_NAMES = tuple(METHOD_FIELDS)
+
 # Fields that may change when a run is resumed or re-evaluated: they affect speed and where
 # things are written, never the numbers a run produces.
 RUNTIME_FIELDS = frozenset(
@@ -48,12 +58,18 @@ class TrainConfig:
     test_groundtruth_file: str = ""
     # Number of classes C; None infers it from the training ground truth as max(label) + 1.
     num_classes: int | None = None
-    # Networks by registry name; width None takes the model's default (cnn 32, resnet 64).
+    # Learning-to-defer method (l2d/methods): EM, or a surrogate loss on one network.
+    method: str = "em"
+    # EM's networks by registry name; width None takes the model's default (cnn 32, resnet 64).
     clf_model: str = "cnn"
     clf_width: int | None = None
     dfr_model: str = "preact_resnet10"
     dfr_width: int | None = None
-    # SGD with momentum, decoupled-from-bias weight decay and a cosine-decayed learning rate.
+    # The surrogate methods' one network (C + K outputs) and its width.
+    model: str = "preact_resnet10"
+    width: int | None = None
+    # SGD with momentum, a cosine-decayed learning rate, and weight decay as an L2 term added to
+    # the gradient (coupled, not AdamW-style decoupled) of convolution and dense kernels only.
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -126,7 +142,9 @@ class TrainConfig:
                 f"gives {len(self.test_files)} experts but --train-files gives "
                 f"{len(self.train_files)}; list the same experts in the same order",
             )
-        for name in ("clf_model", "dfr_model"):
+        if self.method not in METHOD_NAMES:
+            fail("method", self.method, f"unknown method; choose one of {METHOD_NAMES}")
+        for name in ("clf_model", "dfr_model", "model"):
             if getattr(self, name) not in MODEL_NAMES:
                 fail(name, getattr(self, name), f"unknown model; choose one of {MODEL_NAMES}")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -148,7 +166,7 @@ class TrainConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 fail(name, getattr(self, name), "must be at least 1")
-        for name in ("num_classes", "clf_width", "dfr_width"):
+        for name in ("num_classes", "clf_width", "dfr_width", "width"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(name, value, "must be at least 1")

@@ -1,8 +1,10 @@
 """Plots of runs' per-epoch metrics, read back from MLflow: one PNG per metric, one line per run.
 
-``plot_runs`` writes the five plots of the original implementation (system test accuracy, test
-and training coverage, classifier and gating losses) and, by default, logs them to every plotted
-run as artifacts under ``plots/`` without reopening the run, so its status stays as it is.
+``plot_runs`` writes the plots every method shares (system test accuracy, test and training
+coverage, area under the accuracy-coverage curve), one per training measurement of the runs'
+methods (for EM the classifier and gating losses of the original implementation), and the runs'
+latest accuracy-coverage curves in one figure. By default it logs them to every plotted run as
+artifacts under ``plots/`` without reopening the run, so its status stays as it is.
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure``, never through
 pyplot: no display is needed, no global backend is switched under a caller, and no figure is left
@@ -10,11 +12,16 @@ open. matplotlib (a dependency of mlflow) is imported only when something is dra
 """
 
 import dataclasses
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from l2d import metrics
 from l2d.errors import L2DError
-from l2d.tracking import Tracker, check_reachable
+from l2d.methods import METHODS
+from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
+from l2d.tracking import MlflowTracker, check_reachable
 
 # The run's free-text description, as MLflow stores it (``--run-description``).
 DESCRIPTION_TAG = "mlflow.note.content"
@@ -22,6 +29,11 @@ DESCRIPTION_TAG = "mlflow.note.content"
 ID_PREFIX = 8
 DESCRIPTION_CHARS = 60
 ARTIFACT_FOLDER = "plots"
+# What ``l2d train`` logs at every evaluation, and the figure drawn from it.
+CURVE_ARTIFACT = "accuracy_coverage.json"
+CURVE_PLOT = "accuracy_coverage.png"
+# Runs logged before --method existed are EM runs.
+DEFAULT_METHOD = "em"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,39 +45,52 @@ class Plot:
     ylim: tuple[float, float] | None = None  # Fixed y range; None: matplotlib's choice.
 
 
-PLOTS = (
-    Plot("test_accuracy.png", "accuracy", "System accuracy on the test split", "accuracy"),
-    Plot("test_coverage.png", "coverage/test", "Test coverage",
+COMMON_PLOTS = (
+    Plot("test_accuracy.png", metrics.ACCURACY, "System accuracy on the test split", "accuracy"),
+    Plot("test_coverage.png", metrics.COVERAGE, "Test coverage",
          "coverage (share kept by the classifier)", (0.0, 1.0)),
-    Plot("train_coverage.png", "coverage/train", "Training coverage",
+    Plot("train_coverage.png", TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION,
          "coverage (share kept by the classifier)", (0.0, 1.0)),
-    Plot("loss_clf.png", "loss/clf", "Classifier loss (training)", "loss"),
-    Plot("loss_dfr.png", "loss/dfr", "Gating (deferral) loss (training)", "loss"),
+    Plot("accuracy_coverage_auc.png", metrics.AUC,
+         "Area under the accuracy-coverage curve (test split)", "area", (0.0, 1.0)),
 )
+
+
+def method_plots(method: str) -> list[Plot]:
+    """The shared plots and one per training measurement of ``method``."""
+    own = [Plot(f"{name.replace('/', '_')}.png", name, title, "loss" if "loss" in name else name)
+           for name, title in METHODS[method].measurements.items() if name != TRAIN_COVERAGE]
+    return [*COMMON_PLOTS, *own]
 
 
 @dataclasses.dataclass(frozen=True)
 class RunCurves:
     run_id: str
     label: str  # Legend entry: run name (or id prefix), then the description if any.
+    plots: list[Plot]  # What this run's method logs.
     curves: dict[str, tuple[list[int], list[float]]]  # metric -> (epochs, values), by epoch.
+    accuracy_coverage: dict[str, Any]  # The latest accuracy_coverage.json.
 
 
 def plot_runs(
     tracker_uri: str, run_ids: list[str], output: Path, *, log_artifacts: bool = True
 ) -> list[Path]:
-    """Write the five metric plots of ``run_ids`` into ``output``; return the PNG paths.
+    """Write the metric plots and the accuracy-coverage figure of ``run_ids`` into ``output``;
+    return the PNG paths.
 
     With ``log_artifacts``, each PNG is also logged to every run under ``plots/``.
-    Raises ``L2DError`` (one line) for an unknown run, a missing metric history, or an output
-    folder that cannot be written.
+    Raises ``L2DError`` (one line) for an unknown run, a missing metric history or curve, or an
+    output folder that cannot be written.
     """
     if not run_ids:
         raise L2DError("no run ids given: name at least one run to plot")
     tracker = open_store(tracker_uri)
     runs = [read_run(tracker, run_id) for run_id in dict.fromkeys(run_ids)]
     output = prepare_output(Path(output))
-    paths = [draw(plot, runs, output / plot.file) for plot in PLOTS]
+    plots = list({plot.file: plot for run in runs for plot in run.plots}.values())
+    paths = [draw(plot, [run for run in runs if plot in run.plots], output / plot.file)
+             for plot in plots]
+    paths.append(draw_accuracy_coverage(runs, output / CURVE_PLOT))
     if log_artifacts:
         for run in runs:
             for path in paths:
@@ -73,28 +98,47 @@ def plot_runs(
     return paths
 
 
-def open_store(uri: str) -> Tracker:
+def open_store(uri: str) -> MlflowTracker:
     """A tracker on an existing store (a missing sqlite file is not silently created)."""
     if uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         if not database.is_file():
             raise L2DError(f"--tracking-uri={uri}: no tracking store ({database} does not exist)")
     check_reachable(uri)
-    return Tracker(uri)
+    return MlflowTracker(uri)
 
 
-def read_run(tracker: Tracker, run_id: str) -> RunCurves:
-    """The run's legend label and the de-duplicated history of every plotted metric."""
+def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
+    """The run's legend label, the de-duplicated history of every metric its method logs, and
+    its latest accuracy-coverage curve."""
     if not tracker.run_exists(run_id):
         raise L2DError(f"run {run_id}: no such run in {tracker.uri}")
+    run = tracker.client.get_run(run_id)
+    method = run.data.params.get("method", DEFAULT_METHOD)
+    if method not in METHODS:
+        raise L2DError(f"run {run_id}: logged with method {method!r}, which this l2d does not "
+                       f"know ({', '.join(METHODS)})")
+    plots = method_plots(method)
     curves = {}
-    for plot in PLOTS:
+    for plot in plots:
         history = tracker.client.get_metric_history(run_id, plot.metric)
         if not history:
             raise L2DError(f"run {run_id}: no metric '{plot.metric}' was logged "
                            f"(needed for {plot.file}); was it trained by l2d?")
         curves[plot.metric] = latest_per_step(history)
-    return RunCurves(run_id, run_label(tracker.client.get_run(run_id)), curves)
+    return RunCurves(run_id, run_label(run), plots, curves, read_curve(tracker, run_id))
+
+
+def read_curve(tracker: MlflowTracker, run_id: str) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = tracker.client.download_artifacts(run_id, CURVE_ARTIFACT, folder)
+            return json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            raise L2DError(f"run {run_id}: no readable artifact {CURVE_ARTIFACT} (needed for "
+                           f"{CURVE_PLOT}); was it trained by l2d?") from None
 
 
 def latest_per_step(history: list) -> tuple[list[int], list[float]]:
@@ -136,13 +180,9 @@ def prepare_output(folder: Path) -> Path:
 
 def draw(plot: Plot, runs: list[RunCurves], path: Path) -> Path:
     """One PNG: ``plot.metric`` against epochs, one line per run (markers when points are few)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(7, 4.5), dpi=120, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = new_figure()
     for run in runs:
         epochs, values = run.curves[plot.metric]
         # Unclipped and above the frame (zorder 2.5): a coverage of exactly 0 or 1, as in the
@@ -153,7 +193,39 @@ def draw(plot: Plot, runs: list[RunCurves], path: Path) -> Path:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if plot.ylim is not None:
         axes.set_ylim(*plot.ylim)
+    return save(figure, path)
+
+
+def draw_accuracy_coverage(runs: list[RunCurves], path: Path) -> Path:
+    """The latest accuracy-coverage curve of every run, with its default decision marked."""
+    figure, axes = new_figure()
+    for run in runs:
+        curve = run.accuracy_coverage
+        line, = axes.plot(curve["coverage"], curve["accuracy"], linewidth=1.5, clip_on=False,
+                          zorder=3, label=f"{run.label} (area {curve['auc']:.3f})")
+        # The default decision (offset 0) at the curve's epoch is one of the curve's points.
+        epoch = curve["epoch"]
+        at_epoch = [dict(zip(*run.curves[m]))[epoch] for m in (metrics.COVERAGE,
+                                                               metrics.ACCURACY)]
+        axes.plot(*at_epoch, marker="o", color=line.get_color(), clip_on=False, zorder=4)
+    axes.set(title="Accuracy against coverage (test split; dot: the default decision)",
+             xlabel="coverage (share kept by the classifier)", ylabel="system accuracy",
+             xlim=(0.0, 1.0))
+    return save(figure, path)
+
+
+def new_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
     axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def save(figure, path: Path) -> Path:
     # Below the axes, where it never hides a line (coverage often sits on 0 or 1).
     figure.legend(loc="outside lower center", fontsize="small", frameon=False)
     try:

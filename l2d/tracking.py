@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator, Protocol
 
 from l2d.errors import Interrupted, L2DError
 
@@ -94,8 +94,34 @@ def import_mlflow():
     return mlflow
 
 
-class Tracker:
-    """A thin layer over MLflow's fluent API for one run at a time."""
+class Tracker(Protocol):
+    """What training and evaluation log through; ``MlflowTracker`` and ``NullTracker`` fulfil it."""
+
+    uri: str
+
+    def run(self, *, experiment_name: str, description: str,
+            run_id: str | None = None) -> ContextManager[str]:
+        """Start (or, with ``run_id``, reopen) a run; yield its id; always end it with a status."""
+
+    def run_exists(self, run_id: str) -> bool: ...
+
+    def run_url(self, run_id: str) -> str: ...
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None: ...
+
+    def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
+        """Log ``values`` as a JSON artifact of the active run."""
+
+    def log_dict_to(self, run_id: str, values: dict[str, Any], artifact_file: str) -> None:
+        """Log to a run without reopening it, so its status (FINISHED, KILLED...) stays as it is."""
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class MlflowTracker:
+    """The ``Tracker`` of l2d: a thin layer over MLflow's fluent API for one run at a time."""
 
     def __init__(self, uri: str):
         # Imported here, not at the top: it costs seconds and `l2d --help` must stay instant.
@@ -183,16 +209,20 @@ class Tracker:
 
 
 class NullTracker:
-    """What processes other than process 0 use in multi-host training: they log nothing."""
+    """The ``Tracker`` of processes other than process 0 in multi-host training: logs nothing."""
 
     uri = "(process 0 logs)"
 
     @contextlib.contextmanager
-    def run(self, **_: Any) -> Iterator[str]:
+    def run(self, *, experiment_name: str, description: str,
+            run_id: str | None = None) -> Iterator[str]:
         yield ""  # The real id comes from process 0 (``DataParallel.share_run_id``).
 
     def run_exists(self, run_id: str) -> bool:
         return True
+
+    def run_url(self, run_id: str) -> str:
+        return f"(run {run_id}, logged by process 0)"
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -204,4 +234,7 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_dict_to(self, run_id: str, values: dict[str, Any], artifact_file: str) -> None:
         pass

@@ -22,22 +22,20 @@ import psutil
 from tqdm import tqdm
 
 from l2d import checkpoint
+from l2d.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
 from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
 from l2d.errors import L2DError, TrainingDiverged
-from l2d.evaluate import (
-    deferral_table,
-    make_eval_step,
-    summarise,
-    zero_eval_counts,
-)
+from l2d.evaluate import make_eval_step, zero_eval_counts
+from l2d.methods import make_method
+from l2d.metrics import ACCURACY, AUC, COVERAGE, deferral_table, summarise
 from l2d.parallel import data_parallel
 from l2d.signals import StopRequests
-from l2d.system import build_system
+from l2d.system import build_state
 from l2d.tracking import (
+    MlflowTracker,
     NullTracker,
-    Tracker,
     check_reachable,
     import_mlflow,
     json_safe,
@@ -46,6 +44,8 @@ from l2d.tracking import (
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 
 CONFIG_FILE = "config.json"
+# The latest evaluation's accuracy-coverage curve, logged (and replaced) at every evaluation.
+CURVE_FILE = "accuracy_coverage.json"
 
 
 def run_folder(config: TrainConfig, run_id: str) -> Path:
@@ -76,18 +76,14 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     )
 
 
-def initial_state(config, dataset, parallel, opening, resume_run_id):
+def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run_id):
     """(graphdef, replicated state, first epoch): new, or the latest checkpoint of the run resumed.
 
     ``opening`` is the tracker being opened in the background; it is waited for only to check
     that the run to resume exists.
     """
-    steps_per_epoch = train_steps_per_epoch(
-        dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
-    build = functools.partial(
-        build_system, config, in_channels=dataset.image_shape[-1],
-        num_classes=dataset.num_classes, num_experts=dataset.num_experts,
-        total_steps=config.num_epochs * steps_per_epoch)
+    build = functools.partial(build_state, method, config,
+                              total_steps=config.num_epochs * steps_per_epoch)
     if resume_run_id is None:
         graphdef, state = build()
         return graphdef, parallel.replicate(state), 0
@@ -96,7 +92,7 @@ def initial_state(config, dataset, parallel, opening, resume_run_id):
     graphdef, template = build(abstract=True)
     state, start_epoch = checkpoint.restore_latest(
         run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
-        seed=config.seed)
+        seed=config.seed, method=config.method)
     return graphdef, state, start_epoch
 
 
@@ -116,13 +112,15 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
         dataset = load_dataset(config)
         config = resolve(config, dataset)
         opening = background.submit(
-            functools.partial(Tracker, uri) if parallel.is_main else NullTracker)
+            functools.partial(MlflowTracker, uri) if parallel.is_main else NullTracker)
+        method = make_method(config, in_channels=dataset.image_shape[-1],
+                             num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        steps_per_epoch = train_steps_per_epoch(
+            dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
         graphdef, state, start_epoch = initial_state(
-            config, dataset, parallel, opening, resume_run_id)
-        train_step, eval_step = compiled_steps(config, dataset, graphdef, state, parallel)
+            config, method, steps_per_epoch, parallel, opening, resume_run_id)
+        train_step, eval_step = compiled_steps(config, method, dataset, graphdef, state, parallel)
         tracker = opening.result()
-    steps_per_epoch = train_steps_per_epoch(
-        dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
 
     with StopRequests() as stop, tracker.run(
             experiment_name=config.experiment_name, description=config.run_description,
@@ -142,7 +140,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
                      f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
                   file=sys.stderr)
         try:
-            metrics, counts = fit(config, dataset, train_step, eval_step, state, tracker,
+            metrics, counts = fit(config, method, dataset, train_step, eval_step, state, tracker,
                                   manager, stop, parallel, start_epoch=start_epoch,
                                   steps_per_epoch=steps_per_epoch)
         finally:
@@ -154,44 +152,49 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     return metrics
 
 
-def compiled_steps(config, dataset, graphdef, state, parallel):
+def compiled_steps(config, method, dataset, graphdef, state, parallel):
     """The jitted training and evaluation steps, the training step already compiled.
 
     Compiling here, before the MLflow run is opened, lets it overlap the opening of the store;
     the first training step then runs at once.
     """
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    train_step = make_train_step(graphdef, config=config, num_classes=dataset.num_classes,
-                                 channel_mean=mean, channel_std=std, replicated=parallel.replicated)
-    eval_step = make_eval_step(graphdef, num_classes=dataset.num_classes, channel_mean=mean,
-                               channel_std=std, replicated=parallel.replicated)
+    train_step = make_train_step(graphdef, method=method, seed=config.seed,
+                                 augment_images=config.augment, channel_mean=mean,
+                                 channel_std=std, replicated=parallel.replicated)
+    eval_step = make_eval_step(graphdef, method=method, num_classes=dataset.num_classes,
+                               channel_mean=mean, channel_std=std, replicated=parallel.replicated)
     local_rows = config.batch_size // parallel.shard[1]
     example = parallel.put_batch({
         "image": np.zeros((local_rows, *dataset.image_shape), np.uint8),
         "label": np.zeros(local_rows, np.int32),
         "expert_labels": np.zeros((local_rows, dataset.num_experts), np.int32),
     })
-    train_step.lower(state, parallel.replicate(zero_train_totals()), example, 0).compile()
+    train_step.lower(state, parallel.replicate(zero_train_totals(method)), example, 0).compile()
     return train_step, eval_step
 
 
-def fit(config, dataset, train_step, eval_step, state, tracker, manager, stop, parallel, *,
-        start_epoch, steps_per_epoch):
+def fit(config, method, dataset, train_step, eval_step, state, tracker, manager, stop, parallel,
+        *, start_epoch, steps_per_epoch):
     """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
 
-    ``stop.check()`` after every step is where Ctrl-C and SIGTERM take effect.
+    Every evaluation logs the test metrics and the accuracy-coverage curve. ``stop.check()``
+    after every step is where Ctrl-C and SIGTERM take effect.
     """
     quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
 
-    def test_counts(state):
-        return evaluate_split(eval_step, state, dataset.test, dataset.test_images,
-                              num_classes=dataset.num_classes, config=config, parallel=parallel)
+    def evaluate_and_log_curve(state, epoch):
+        counts, curve = evaluate_split(eval_step, state, dataset.test, dataset.test_images,
+                                       num_classes=dataset.num_classes, config=config,
+                                       parallel=parallel)
+        tracker.log_dict({"epoch": epoch, **curve.to_json()}, CURVE_FILE)
+        return {**summarise(counts), AUC: curve.area()}, counts
 
     metrics, counts = {}, {}
     epochs = tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
                   total=config.num_epochs, disable=quiet, file=sys.stderr)
     for epoch in epochs:
-        totals = parallel.replicate(zero_train_totals())
+        totals = parallel.replicate(zero_train_totals(method))
         started = time.perf_counter()
         batches = train_batches(
             dataset.train, dataset.train_images, batch_size=config.batch_size, seed=config.seed,
@@ -223,18 +226,17 @@ def fit(config, dataset, train_step, eval_step, state, tracker, manager, stop, p
                 f"epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in diverged.items())}; "
                 "stopped, " + (f"last good checkpoint: epoch {last} in {manager.directory}"
                                if last is not None else "no checkpoint was written"))
-        counts = test_counts(state)
-        metrics = summarise(counts)
+        metrics, counts = evaluate_and_log_curve(state, epoch + 1)
         tracker.log_metrics({**train_metrics, **metrics,
                              "loader/wait_fraction": loader_wait_fraction}, step=epoch + 1)
-        epochs.set_postfix(accuracy=f"{metrics['accuracy']:.3f}",
-                           coverage=f"{metrics['coverage/test']:.2f}")
+        epochs.set_postfix(accuracy=f"{metrics[ACCURACY]:.3f}",
+                           coverage=f"{metrics[COVERAGE]:.2f}")
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
-            checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed)
+            checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed,
+                            method=method.name)
     if start_epoch == config.num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
-        counts = test_counts(state)
-        metrics = summarise(counts)
+        metrics, counts = evaluate_and_log_curve(state, start_epoch)
     return metrics, counts
 
 
@@ -250,15 +252,23 @@ def report_first_step(totals, tracker) -> None:
     tracker.log_metrics({"startup/first_step_s": seconds}, step=0)
 
 
-def evaluate_split(eval_step, state, split, images, *, num_classes, config, parallel):
-    """Summed evaluation counts of ``split``, each process feeding its rows of every batch."""
+def evaluate_split(eval_step, state, split, images, *, num_classes, config, parallel
+                   ) -> tuple[dict[str, np.ndarray], AccuracyCoverageCurve]:
+    """Summed evaluation counts of ``split`` and its accuracy-coverage curve, each process
+    feeding its rows of every batch."""
     batches = eval_batches(split, images, batch_size=config.batch_size,
                            prefetch_size=config.prefetch_size, num_threads=config.num_threads,
                            shard=parallel.shard)
     counts = parallel.replicate(zero_eval_counts(num_classes, split.num_experts))
+    per_batch = []
     for batch in batches:
-        counts = eval_step(state, counts, parallel.put_batch(batch))
-    return parallel.fetch(counts)
+        counts, per_input = eval_step(state, counts, parallel.put_batch(batch))
+        per_batch.append(per_input)  # Fetched once at the end: no host sync per batch.
+    per_input = {name: np.concatenate([values[name] for values in parallel.fetch(per_batch)])
+                 for name in per_batch[0]}
+    kept = per_input.pop("mask") > 0
+    curve = accuracy_coverage_curve(**{name: values[kept] for name, values in per_input.items()})
+    return parallel.fetch(counts), curve
 
 
 def test(config: TrainConfig, run_id: str) -> dict[str, float]:
@@ -267,7 +277,7 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     uri = resolve_tracking_uri(config.tracking_uri)
     check_reachable(uri)
     test_split, test_images = load_test_split(config, config.num_classes)
-    tracker = Tracker(uri)
+    tracker = MlflowTracker(uri)
     if not tracker.run_exists(run_id):
         raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
     if test_images.shape != config.image_shape:
@@ -275,20 +285,22 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
                        f"the run was trained on {config.image_shape}")
     parallel = data_parallel()
     parallel.check_batch_size(config.batch_size)
-    graphdef, template = build_system(
-        config, in_channels=test_images.shape[-1], num_classes=config.num_classes,
-        num_experts=test_split.num_experts, total_steps=1, abstract=True)
+    method = make_method(config, in_channels=test_images.shape[-1],
+                         num_classes=config.num_classes, num_experts=test_split.num_experts)
+    graphdef, template = build_state(method, config, total_steps=1, abstract=True)
     state, epoch = checkpoint.restore_latest(
-        run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed)
+        run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed,
+        method=config.method)
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    eval_step = make_eval_step(graphdef, num_classes=config.num_classes, channel_mean=mean,
-                               channel_std=std, replicated=parallel.replicated)
-    counts = evaluate_split(eval_step, state, test_split, test_images,
-                            num_classes=config.num_classes, config=config, parallel=parallel)
-    metrics = summarise(counts)
+    eval_step = make_eval_step(graphdef, method=method, num_classes=config.num_classes,
+                               channel_mean=mean, channel_std=std, replicated=parallel.replicated)
+    counts, curve = evaluate_split(eval_step, state, test_split, test_images,
+                                   num_classes=config.num_classes, config=config,
+                                   parallel=parallel)
+    metrics = {**summarise(counts), AUC: curve.area()}
     result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
               "test_files": list(config.test_files), "metrics": metrics,
-              "deferral_table": deferral_table(counts)}
+              "deferral_table": deferral_table(counts), "accuracy_coverage": curve.to_json()}
     name = Path(config.test_groundtruth_file).stem
     tracker.log_dict_to(run_id, result, f"test/{name}_epoch_{epoch}.json")
     print(json.dumps(json_safe({"checkpoint_epoch": epoch, **metrics}), indent=2))

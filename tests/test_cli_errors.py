@@ -281,10 +281,18 @@ def test_missing_required_flag(in_tmp, tiny_dataset, capfd):
         (["--batch-size", "0"], ["--batch-size=0", "at least 1"]),
         (["--seed", "-1"], ["--seed=-1", "non-negative"]),
         (["--experiment-name", " "], ["--experiment-name", "must not be empty"]),
+        (["--method", "mixture"], ["--method", "invalid choice", "mixture"]),
+        (["--method", "softmax"], ["--clf-width", "only used by --method em",
+                                   "not by --method softmax"]),
+        (["--width", "4"], ["--width", "only used by --method softmax or ova",
+                            "not by --method em"]),
+        (["--model", "vgg"], ["--model", "invalid choice", "vgg"]),
+        (["--width", "0", "--method", "ova"], ["--width=0", "at least 1"]),
     ],
     ids=["unknown-clf-model", "unknown-dfr-model", "bad-int", "unknown-flag", "resume-no-run-id",
          "test-no-run-id", "run-id-alone", "resume-and-test", "zero-batch-size", "negative-seed",
-         "empty-experiment-name"],
+         "empty-experiment-name", "unknown-method", "em-flag-for-softmax", "softmax-flag-for-em",
+         "unknown-model", "zero-width"],
 )
 def test_bad_flags(in_tmp, tiny_dataset, capfd, extra, fragments):
     assert_user_error(*run_main(train_argv(tiny_dataset, *extra), capfd), *fragments)
@@ -330,6 +338,14 @@ def test_resume_with_a_changed_flag(in_tmp, tiny_dataset, capfd):
     save_run_config(in_tmp, tiny_dataset, RUN_ID)
     argv = ["train", "--resume", "--run-id", RUN_ID, "--lr", "0.5"]
     assert_user_error(*run_main(argv, capfd), "--lr=0.5", RUN_ID, "trained with 0.01")
+    assert_no_running_run(in_tmp)
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--test"])
+def test_another_method_than_the_runs(in_tmp, tiny_dataset, capfd, mode):
+    save_run_config(in_tmp, tiny_dataset, RUN_ID)
+    argv = ["train", mode, "--run-id", RUN_ID, "--method", "ova"]
+    assert_user_error(*run_main(argv, capfd), "--method=ova", RUN_ID, "trained with em")
     assert_no_running_run(in_tmp)
 
 

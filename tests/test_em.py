@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2d import em
+from l2d.evaluate import system_predictions
+from l2d.methods import em
 
 # Two inputs, three classes, two experts. Input 0: expert 0 right, expert 1 wrong.
 # Input 1: both experts wrong.
@@ -118,6 +119,6 @@ def test_system_predictions_follow_the_gate():
     gate_logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
     expert_labels = jnp.array([[4, 5], [4, 5], [4, 5]])
     clf_logits = jax.nn.one_hot(jnp.array([1, 1, 7]), 8)
-    chosen, prediction = em.system_predictions(gate_logits, clf_logits, expert_labels)
+    chosen, prediction = system_predictions(gate_logits, clf_logits, expert_labels)
     np.testing.assert_array_equal(chosen, [0, 1, 2])
     np.testing.assert_array_equal(prediction, [4, 5, 7])

@@ -148,6 +148,18 @@ def test_preact_block_projection_wiring():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_preact_downsampling_branch_and_shortcut_read_the_same_pixels():
+    # With centre-tap kernels, the stride-2 3x3 conv1 and the stride-2 1x1 shortcut must both
+    # copy input pixel (2i, 2j) to output (i, j); "SAME" padding shifted conv1's window by one.
+    block = small_model("preact_resnet10").blocks[1]  # 4 -> 8 channels, stride 2
+    centre = jnp.zeros((3, 3, 4, 8)).at[1, 1].set(jnp.eye(4, 8))
+    block.conv1.kernel[...] = centre
+    block.shortcut.kernel[...] = centre[1:2, 1:2]
+    x = images(size=16, channels=4)
+    np.testing.assert_allclose(block.conv1(x), block.shortcut(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(block.shortcut(x)[..., :4], x[:, ::2, ::2, :], rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_train_and_eval_modes_differ(name):
     model = small_model(name)

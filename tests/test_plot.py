@@ -9,24 +9,32 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from l2d.errors import L2DError
-from l2d.plot import PLOTS, latest_per_step, plot_runs, read_run, run_label
-from l2d.tracking import Tracker
+from l2d.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
+from l2d.tracking import MlflowTracker
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 4
 
 
-def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = "") -> None:
-    """Per-epoch metrics shaped like a real run's, with step = epochs finished."""
+def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = "",
+               method: str = "em") -> None:
+    """Per-epoch metrics and the last accuracy-coverage curve shaped like a real run's, with
+    step = epochs finished."""
+    if method != "em":
+        client.log_param(run_id, "method", method)
     for epoch in range(1, EPOCHS + 1):
         client.log_batch(run_id, metrics=[
             Metric(plot.metric, epoch_value(plot.metric, epoch, offset), 1000 * epoch, epoch)
-            for plot in PLOTS if plot.metric != skip])
+            for plot in method_plots(method) if plot.metric != skip])
+    coverage = epoch_value("coverage/test", EPOCHS, offset)
+    client.log_dict(run_id, {"epoch": EPOCHS, "coverage": [0.0, coverage, 1.0],
+                             "accuracy": [0.5, epoch_value("accuracy", EPOCHS, offset), 0.4],
+                             "auc": 0.5}, "accuracy_coverage.json")
 
 
 def epoch_value(metric: str, epoch: int, offset: float) -> float:
     """Accuracy and coverage rise towards 1; losses fall."""
-    if metric == "accuracy" or metric.startswith("coverage/"):
+    if metric == "accuracy" or metric.startswith(("coverage/", "accuracy_coverage/")):
         return min(1.0, offset + 0.1 * epoch)
     return 2.0 / epoch + offset
 
@@ -54,17 +62,24 @@ def store(tmp_path_factory):
     client.set_terminated(partial.info.run_id, "FAILED")
     quiet = client.create_run(experiment, run_name="plotted-without-logging")
     log_epochs(client, quiet.info.run_id, offset=0.1)
+    surrogate = client.create_run(experiment, run_name="softmax-run")
+    log_epochs(client, surrogate.info.run_id, offset=0.2, method="softmax")
+    client.set_terminated(surrogate.info.run_id, "FINISHED")
+    no_curve = client.create_run(experiment, run_name="no-curve")
+    for plot in method_plots("em"):
+        client.log_metric(no_curve.info.run_id, plot.metric, 0.5, step=1)
     return SimpleNamespace(uri=uri, client=client, finished=finished.info.run_id,
                            killed=killed.info.run_id, partial=partial.info.run_id,
-                           quiet=quiet.info.run_id)
+                           quiet=quiet.info.run_id, surrogate=surrogate.info.run_id,
+                           no_curve=no_curve.info.run_id)
 
 
 def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
     output = tmp_path / "new" / "plots"
     paths = plot_runs(store.uri, [store.finished, store.killed], output)
     assert [p.name for p in paths] == [
-        "test_accuracy.png", "test_coverage.png", "train_coverage.png", "loss_clf.png",
-        "loss_dfr.png"]
+        "test_accuracy.png", "test_coverage.png", "train_coverage.png",
+        "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "accuracy_coverage.png"]
     for path in paths:
         assert path.parent == output
         assert path.read_bytes()[:8] == PNG_SIGNATURE, path
@@ -83,19 +98,37 @@ def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
 
 def test_without_log_artifacts_nothing_is_logged(store, tmp_path):
     plot_runs(store.uri, [store.quiet], tmp_path, log_artifacts=False)
-    assert len(list(tmp_path.glob("*.png"))) == len(PLOTS)
-    assert store.client.list_artifacts(store.quiet) == []
+    assert len(list(tmp_path.glob("*.png"))) == len(method_plots("em")) + 1
+    assert [a.path for a in store.client.list_artifacts(store.quiet)] == [
+        "accuracy_coverage.json"]
     assert store.client.get_run(store.quiet).info.status == "RUNNING"
 
 
 def test_a_resumed_epoch_counts_once_with_its_last_value(store):
-    run = read_run(Tracker(store.uri), store.killed)
+    run = read_run(MlflowTracker(store.uri), store.killed)
     steps, values = run.curves["accuracy"]
     assert steps == [1, 2, 3, 4] and values == pytest.approx([0.4, 0.5, 0.5, 0.7])
     assert run.curves["loss/clf"][0] == [1, 2, 3, 4]
     assert run.label == "resumed-run"
-    assert read_run(Tracker(store.uri), store.finished).label == \
+    assert read_run(MlflowTracker(store.uri), store.finished).label == \
         "finished-run: two noisy experts"
+
+
+def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(store, tmp_path):
+    paths = plot_runs(store.uri, [store.finished, store.surrogate], tmp_path,
+                      log_artifacts=False)
+    assert [p.name for p in paths] == [
+        "test_accuracy.png", "test_coverage.png", "train_coverage.png",
+        "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "loss_surrogate.png",
+        "accuracy_coverage.png"]
+    assert read_run(MlflowTracker(store.uri), store.surrogate).curves["loss/surrogate"][0] == [
+        1, 2, 3, 4]
+
+
+def test_a_run_without_its_accuracy_coverage_curve_is_named(store, tmp_path):
+    with pytest.raises(L2DError, match=rf"run {store.no_curve}: no readable artifact "
+                                       r"accuracy_coverage.json"):
+        plot_runs(store.uri, [store.no_curve], tmp_path)
 
 
 def test_latest_per_step_keeps_the_point_logged_last():
@@ -126,7 +159,7 @@ def test_unknown_run_id_is_a_one_line_error_naming_it_and_the_store(store, tmp_p
 def test_missing_metric_history_is_named(store, tmp_path):
     with pytest.raises(L2DError, match=rf"run {store.partial}: no metric 'loss/dfr'"):
         plot_runs(store.uri, [store.partial], tmp_path)
-    assert store.client.list_artifacts(store.partial) == []
+    assert store.client.list_artifacts(store.partial, "plots") == []
 
 
 def test_unwritable_output_folder_is_a_one_line_error(store, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +18,18 @@ from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
 TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
+# The surrogate methods' one network, as small.
+TINY_NETWORK = ["--model", "cnn", "--width", "4", "--no-tqdm"]
 
 
-def train_argv(data: dict, *extra: str) -> list[str]:
+def train_argv(data: dict, *extra: str, models: list[str] = TINY_MODELS) -> list[str]:
     return [
         sys.executable, "-m", "l2d", "train",
         "--train-files", ",".join(data["train_experts"]),
         "--train-groundtruth-file", data["train_groundtruth"],
         "--test-files", ",".join(data["test_experts"]),
         "--test-groundtruth-file", data["test_groundtruth"],
-        *TINY_MODELS, *extra,
+        *models, *extra,
     ]
 
 
@@ -66,7 +69,7 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert run.info.status == "FINISHED"
     for name in ("loss/clf", "loss/dfr", "coverage/train", "coverage/test", "accuracy",
                  "clf_accuracy/all", "expert_0/share", "expert_1/accuracy_received",
-                 "loader/wait_fraction"):
+                 "accuracy_coverage/auc", "loader/wait_fraction"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
     assert all(0 <= m.value < 1 for m in
@@ -77,9 +80,17 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert params["test_files"] == str(tuple(dataset["test_experts"]))
     assert params["num_classes"] == "3" and params["e_step"] == "mc"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "final_metrics.json", "deferral_table.json"} <= artifacts
+    assert {"config.json", "final_metrics.json", "deferral_table.json",
+            "accuracy_coverage.json"} <= artifacts
     metrics = final_metrics(client, run.info.run_id, tmp_path)
     assert metrics["accuracy"] == run.data.metrics["accuracy"]
+    curve = json.loads(Path(client.download_artifacts(
+        run.info.run_id, "accuracy_coverage.json", str(tmp_path))).read_text())
+    assert curve["epoch"] == 3 and curve["auc"] == pytest.approx(metrics["accuracy_coverage/auc"])
+    # The default decision is a point of the curve.
+    points = set(zip(curve["coverage"], curve["accuracy"]))
+    assert any(abs(c - metrics["coverage/test"]) < 1e-9 and abs(a - metrics["accuracy"]) < 1e-9
+               for c, a in points)
     checkpoints = Path(run.data.tags["checkpoints"])
     assert checkpoints == tmp_path / "artifacts" / run.info.run_id / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "3"]
@@ -96,6 +107,47 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     logged = client.download_artifacts(run.info.run_id, "test/test_groundtruth_epoch_3.json",
                                        str(tmp_path))
     assert json.loads(Path(logged).read_text())["deferral_table"]["class"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", ["softmax", "ova"])
+def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
+        dataset, tmp_path, method):
+    run_cli(train_argv(dataset, "--method", method, "--batch-size", "8", "--num-epochs", "2",
+                       "--checkpoint-every", "1", "--augment", models=TINY_NETWORK), tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.params["method"] == method
+    for name in ("loss/surrogate", "coverage/train", "accuracy", "accuracy_coverage/auc"):
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
+    assert "loss/clf" not in run.data.metrics
+    metrics = final_metrics(client, run_id, tmp_path)
+
+    result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
+                     tmp_path)
+    printed = json.loads(result.stdout)
+    assert printed.pop("checkpoint_epoch") == 2
+    np.testing.assert_equal(printed, metrics)
+
+    # Without the last checkpoint, --resume trains epoch 2 again: the same numbers.
+    checkpoints = tmp_path / "artifacts" / run_id / "checkpoints"
+    shutil.rmtree(checkpoints / "2")
+    run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id], tmp_path)
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), metrics)
+    assert resumed.data.metrics["loss/surrogate"] == run.data.metrics["loss/surrogate"]
+
+    # A configuration that names another method than the checkpoint's is refused.
+    config_file = tmp_path / "artifacts" / run_id / "config.json"
+    other = "ova" if method == "softmax" else "softmax"
+    config_file.write_text(config_file.read_text().replace(f'"{method}"', f'"{other}"'))
+    refused = subprocess.run([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
+                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"l2d: error: {checkpoints / '2'}: made with --method {method}, not {other}; it cannot "
+        f"be resumed or evaluated as {other}"]
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -69,15 +69,20 @@ def test_tool_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_plot_command_writes_pngs_of_a_logged_run(tmp_path, capsys, monkeypatch):
     from mlflow import MlflowClient
 
+    from l2d.plot import method_plots
+
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("e"))
     for epoch in (1, 2):
-        for key in ("accuracy", "coverage/test", "coverage/train", "loss/clf", "loss/dfr"):
-            client.log_metric(run.info.run_id, key, 0.5 / epoch, step=epoch)
+        for plot in method_plots("em"):
+            client.log_metric(run.info.run_id, plot.metric, 0.5 / epoch, step=epoch)
+    client.log_dict(run.info.run_id, {"epoch": 2, "coverage": [0.0, 0.25, 1.0],
+                                      "accuracy": [0.4, 0.25, 0.2], "auc": 0.3},
+                    "accuracy_coverage.json")
     assert main(["plot", "--run-id", run.info.run_id, "--output", "figures"]) == 0
     written = capsys.readouterr().out.split()
-    assert len(written) == 5
+    assert len(written) == len(method_plots("em")) + 1
     for path in written:
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -1,6 +1,8 @@
-"""The fused EM training step: compiles once, updates both networks, runs each network once."""
+"""The training step of every method: compiles once, updates every network, runs each network
+once, and for EM reproduces what main's two optimizers gave before the method interface."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,16 +11,21 @@ import pytest
 from flax import nnx
 
 from l2d.config import TrainConfig
+from l2d.methods import METHODS, make_method
 from l2d.parallel import data_parallel
-from l2d.system import build_system
+from l2d.system import build_state
 from l2d.train_step import make_train_step, zero_train_totals
 
 NUM_CLASSES, NUM_EXPERTS, BATCH = 3, 2, 4
+# Recorded by the code of commit da18109 (two optimizers, one per network) before the method
+# interface replaced it: initial parameters and BatchNorm statistics, three batches, the losses
+# and training coverage of each step, and the parameters and statistics after the third step.
+EM_REFERENCE = Path(__file__).parent / "data" / "em_reference_da18109.npz"
 
 
 def tiny_config(**changes) -> TrainConfig:
     return dataclasses.replace(
-        TrainConfig(clf_width=4, dfr_width=2, batch_size=BATCH, seed=1), **changes)
+        TrainConfig(clf_width=4, dfr_width=2, width=2, batch_size=BATCH, seed=1), **changes)
 
 
 def random_batch(seed: int) -> dict[str, np.ndarray]:
@@ -31,70 +38,114 @@ def random_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def make(config: TrainConfig):
-    """(graphdef, state, step) placed as ``l2d.train`` places them (state replicated)."""
+    """(method, graphdef, state, step) placed as ``l2d.train`` places them (state replicated)."""
     parallel = data_parallel()
-    graphdef, state = build_system(config, in_channels=3, num_classes=NUM_CLASSES,
-                                   num_experts=NUM_EXPERTS, total_steps=10)
-    step = make_train_step(graphdef, config=config, num_classes=NUM_CLASSES,
-                           channel_mean=jnp.full(3, 0.5), channel_std=jnp.full(3, 0.25),
-                           replicated=parallel.replicated)
-    return graphdef, parallel.replicate(state), step
+    method = make_method(config, in_channels=3, num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS)
+    graphdef, state = build_state(method, config, total_steps=10)
+    step = make_train_step(graphdef, method=method, seed=config.seed,
+                           augment_images=config.augment, channel_mean=jnp.full(3, 0.5),
+                           channel_std=jnp.full(3, 0.25), replicated=parallel.replicated)
+    return method, graphdef, parallel.replicate(state), step
 
 
-def zero_totals():
-    return data_parallel().replicate(zero_train_totals())
+def zero_totals(method):
+    return data_parallel().replicate(zero_train_totals(method))
 
 
-def params_of(graphdef, state, part: str) -> list[np.ndarray]:
-    system = nnx.merge(graphdef, state)[0]
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(getattr(system, part), nnx.Param))]
+def params_of(graphdef, state) -> list[np.ndarray]:
+    model = nnx.merge(graphdef, state)[0]
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
-@pytest.mark.parametrize("changes", [{}, {"e_step": "mc", "augment": True}])
-def test_step_compiles_once_and_updates_both_networks(changes):
-    graphdef, state, step = make(tiny_config(clf_weighting="uniform", **changes))
-    before = {part: params_of(graphdef, state, part) for part in ("classifier", "gate")}
-    totals = zero_totals()
+@pytest.mark.parametrize("changes", [
+    {}, {"e_step": "mc", "augment": True, "clf_weighting": "uniform"},
+    {"method": "softmax"}, {"method": "ova", "augment": True},
+])
+def test_step_compiles_once_and_updates_every_parameter(changes):
+    method, graphdef, state, step = make(tiny_config(**changes))
+    before = params_of(graphdef, state)
+    totals = zero_totals(method)
     for index in range(3):
         state, totals = step(state, totals, random_batch(index), index)
     assert step._cache_size() == 1
-    for part, old in before.items():
-        new = params_of(graphdef, state, part)
-        changed = [not np.array_equal(a, b) for a, b in zip(old, new)]
-        assert all(changed), f"{part}: {changed.count(False)} of {len(changed)} params unchanged"
+    changed = [not np.array_equal(a, b) for a, b in zip(before, params_of(graphdef, state))]
+    assert all(changed), f"{changed.count(False)} of {len(changed)} params unchanged"
     totals = jax.device_get(totals)
+    assert set(totals) == {*method.measurements, "nonfinite_steps"}
     assert all(np.isfinite(v) for v in totals.values())
+    assert totals["nonfinite_steps"] == 0
     assert 0 <= totals["coverage/train"] <= 3
 
 
-def test_each_network_runs_forward_once_per_step(monkeypatch):
-    config = tiny_config()
-    graphdef, state, step = make(config)
-    system = nnx.merge(graphdef, state)[0]
-    calls = {}
-    for part in ("classifier", "gate"):
-        cls = type(getattr(system, part))
-        calls[cls.__name__] = 0
+@pytest.mark.parametrize("method_name, calls", [
+    ("em", {"CNN": 1, "PreActResNet": 1}), ("softmax", {"PreActResNet": 1}),
+])
+def test_each_network_runs_forward_once_per_step(monkeypatch, method_name, calls):
+    method, graphdef, state, step = make(tiny_config(method=method_name))
+    counted = {}
+    for module in nnx.merge(graphdef, state)[0].iter_modules():
+        cls = type(module[1])
+        if cls.__name__ in calls and cls.__name__ not in counted:
+            counted[cls.__name__] = 0
 
-        def counting(self, x, _original=cls.__call__, _name=cls.__name__):
-            calls[_name] += 1
-            return _original(self, x)
+            def counting(self, x, _original=cls.__call__, _name=cls.__name__):
+                counted[_name] += 1
+                return _original(self, x)
 
-        monkeypatch.setattr(cls, "__call__", counting)
-    jax.eval_shape(step, state, zero_train_totals(), random_batch(0), 0)  # Traces, runs nothing.
-    assert calls == {"CNN": 1, "PreActResNet": 1}
+            monkeypatch.setattr(cls, "__call__", counting)
+    jax.eval_shape(step, state, zero_train_totals(method), random_batch(0), 0)  # Traces only.
+    assert counted == calls
+
+
+def test_em_reproduces_the_two_optimizer_step_of_main():
+    reference = np.load(EM_REFERENCE)
+    # The configuration the reference was recorded with (cnn classifier and gate, MC E-step
+    # and augmentation, so that the per-step keys are pinned too).
+    config = TrainConfig(clf_model="cnn", clf_width=4, dfr_model="cnn", dfr_width=3,
+                         batch_size=BATCH, seed=1, lr=0.05, augment=True, e_step="mc",
+                         mc_samples=4)
+    method, graphdef, state, step = make(config)
+    model, optimizer = nnx.merge(graphdef, state)
+    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    initial = {"/".join(map(str, path)): value for path, value in flat}
+    assert set(initial) == {k.removeprefix("init/") for k in reference if k.startswith("init/")}
+    for name, variable in initial.items():
+        variable[...] = jnp.asarray(reference[f"init/{name}"])
+    nnx.update(model, nnx.from_flat_state(flat))
+    state = data_parallel().replicate(nnx.state((model, optimizer)))
+    losses = []
+    for index in range(3):
+        batch = {key: reference[f"batch{index}/{key}"]
+                 for key in ("image", "label", "expert_labels")}
+        state, totals = step(state, zero_totals(method), batch, index)
+        totals = jax.device_get(totals)
+        losses.append([totals["loss/clf"], totals["loss/dfr"], totals["coverage/train"]])
+    np.testing.assert_allclose(losses, reference["losses"], rtol=1e-6)
+    final = nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state)[0],
+                                        (nnx.Param, nnx.BatchStat)))
+    for path, variable in final:
+        name = "/".join(map(str, path))
+        np.testing.assert_allclose(np.asarray(variable[...]), reference[f"final/{name}"],
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_same_seed_same_result_different_seed_different_result():
     def final_loss(seed):
-        graphdef, state, step = make(tiny_config(seed=seed, augment=True))
-        totals = zero_totals()
+        method, graphdef, state, step = make(tiny_config(seed=seed, augment=True))
+        totals = zero_totals(method)
         for index in range(2):
             state, totals = step(state, totals, random_batch(index), index)
         return float(totals["loss/dfr"])
 
     assert final_loss(5) == final_loss(5)
     assert final_loss(5) != final_loss(6)
+
+
+def test_every_registered_method_has_its_flags_declared():
+    from l2d.config import METHOD_FIELDS
+
+    assert set(METHODS) == set(METHOD_FIELDS)
+    assert all(METHODS[name].name == name for name in METHODS)
 
 
 def test_optimizer_decays_kernels_only_and_decays_the_learning_rate_to_zero():
@@ -118,19 +169,21 @@ def test_optimizer_decays_kernels_only_and_decays_the_learning_rate_to_zero():
     np.testing.assert_allclose(updates["conv"]["kernel"], 0.0, atol=1e-9)
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_close_losses():
+@pytest.mark.parametrize("method_name", ["em", "ova"])
+def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(method_name):
     def run(dtype):
-        graphdef, state, step = make(tiny_config(compute_dtype=dtype))
-        totals = zero_totals()
+        method, graphdef, state, step = make(tiny_config(compute_dtype=dtype,
+                                                         method=method_name))
+        totals = zero_totals(method)
         for index in range(2):
             state, totals = step(state, totals, random_batch(index), index)
-        params = params_of(graphdef, state, "gate") + params_of(graphdef, state, "classifier")
-        return jax.device_get(totals), {p.dtype for p in params}
+        return method, jax.device_get(totals), {p.dtype for p in params_of(graphdef, state)}
 
-    full, full_dtypes = run("float32")
-    half, half_dtypes = run("bfloat16")
+    method, full, full_dtypes = run("float32")
+    _, half, half_dtypes = run("bfloat16")
     assert full_dtypes == half_dtypes == {np.dtype(np.float32)}
-    for name in ("loss/clf", "loss/dfr"):
-        # bfloat16 keeps 8 bits of mantissa: about 2 significant digits.
-        np.testing.assert_allclose(half[name], full[name], rtol=0.05, err_msg=name)
+    for name in method.measurements:
+        if name.startswith("loss/"):
+            # bfloat16 keeps 8 bits of mantissa: about 2 significant digits.
+            np.testing.assert_allclose(half[name], full[name], rtol=0.05, err_msg=name)
     assert half["nonfinite_steps"] == 0

@@ -42,6 +42,7 @@ class CNN(nnx.Module):
         )
         self.norms = nnx.List(
             [
+                # Running statistics: 0.9 * old + 0.1 * batch (the original used 0.99).
                 nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs, **layer_args)
                 for _ in range(3)
             ]

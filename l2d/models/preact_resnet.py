@@ -14,6 +14,12 @@ from flax import nnx
 
 STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STAGE_STRIDES = (1, 2, 2, 2)
+# One pixel on every side for every 3x3 convolution, as in the original network. "SAME" would
+# pad a stride-2 convolution of an even-sized input on the bottom/right only, so its outputs
+# would be centred one pixel away from the pixels the stride-2 1x1 shortcut reads.
+PAD_3X3 = ((1, 1), (1, 1))
+# BatchNorm keeps running statistics as 0.9 * old + 0.1 * batch (the original used 0.99).
+BN_MOMENTUM = 0.9
 
 
 class PreActBlock(nnx.Module):
@@ -37,18 +43,19 @@ class PreActBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         layer_args = dict(dtype=dtype, param_dtype=jnp.float32)
-        bn_args = dict(momentum=0.9, epsilon=1e-5, **layer_args)
+        bn_args = dict(momentum=BN_MOMENTUM, epsilon=1e-5, **layer_args)
         # No conv biases anywhere: every conv output reaches a BatchNorm (directly, or through
         # the residual sum) that removes any constant offset.
         self.bn1 = nnx.BatchNorm(in_channels, rngs=rngs, **bn_args)
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding="SAME",
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding=PAD_3X3,
                               use_bias=False, rngs=rngs, **layer_args)
         self.bn2 = nnx.BatchNorm(out_channels, rngs=rngs, **bn_args)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), strides=1, padding="SAME",
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), strides=1, padding=PAD_3X3,
                               use_bias=False, rngs=rngs, **layer_args)
         if stride != 1 or in_channels != out_channels:
+            # Reads pixels (0, 0), (s, s), ...: the centres of conv1's windows.
             self.shortcut = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride,
-                                     padding="SAME", use_bias=False, rngs=rngs, **layer_args)
+                                     padding="VALID", use_bias=False, rngs=rngs, **layer_args)
         else:
             self.shortcut = None
 
@@ -86,7 +93,7 @@ class PreActResNet(nnx.Module):
             )
         layer_args = dict(dtype=dtype, param_dtype=jnp.float32)
         # Stem: no BN/ReLU here, the first block pre-activates its input itself.
-        self.stem = nnx.Conv(in_channels, width, (3, 3), strides=1, padding="SAME",
+        self.stem = nnx.Conv(in_channels, width, (3, 3), strides=1, padding=PAD_3X3,
                              use_bias=False, rngs=rngs, **layer_args)
         blocks = []
         channels = width
@@ -99,7 +106,7 @@ class PreActResNet(nnx.Module):
                                           dtype=dtype, rngs=rngs))
                 channels = out_channels
         self.blocks = nnx.List(blocks)
-        self.final_norm = nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs,
+        self.final_norm = nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=1e-5, rngs=rngs,
                                         **layer_args)
         self.head = nnx.Linear(channels, num_outputs, rngs=rngs, **layer_args)
 

@@ -1,4 +1,4 @@
-"""The EM algorithm of learning to defer, as pure ``jnp`` functions.
+"""EM: learning to defer as a mixture of experts with a latent z, trained by EM.
 
 Notation (see README, "The method"): C classes, K experts, a latent z in {expert_1..expert_K,
 classifier}; index K (the last) is the classifier. Shapes are given as ``[batch, ...]``.
@@ -6,12 +6,19 @@ classifier}; index K (the last) is the classifier. Shapes are given as ``[batch,
 - E-step: q(z) = p(z | x, y, t) proportional to p(z | x) p(y | z, x), computed in log space.
 - M-step: the classifier minimises its cross-entropy weighted by q(classifier); the gating model
   minimises the cross-entropy between its softmax and q, used as soft labels.
+
+The pure ``jnp`` functions come first; ``EM`` puts them behind the method interface.
 """
 
-from typing import Literal
+import dataclasses
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION, training_coverage
+from l2d.models import build_model
 
 EStep = Literal["exact", "mc"]
 ClassifierWeighting = Literal["posterior", "uniform"]
@@ -97,16 +104,75 @@ def gating_loss(gate_logits: jax.Array, q: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.sum(q * log_prior, axis=-1))
 
 
-def system_predictions(
-    gate_logits: jax.Array, clf_logits: jax.Array, expert_labels: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Test-time decision: z* = argmax g(x) and the system's label, each ``[batch]``.
+class DeferralSystem(nnx.Module):
+    """A classifier f over C classes and a gating model g over K experts + the classifier.
 
-    The label is expert z*'s annotation, or the classifier's argmax when z* is the classifier.
+    The gate's last output (index K) is the classifier, the first K are the experts.
     """
-    chosen = jnp.argmax(gate_logits, axis=-1)
-    num_experts = expert_labels.shape[-1]
-    expert_choice = jnp.minimum(chosen, num_experts - 1)
-    expert_label = jnp.take_along_axis(expert_labels, expert_choice[:, None], axis=-1)[:, 0]
-    prediction = jnp.where(chosen == num_experts, jnp.argmax(clf_logits, axis=-1), expert_label)
-    return chosen, prediction
+
+    def __init__(self, classifier: nnx.Module, gate: nnx.Module):
+        self.classifier = classifier
+        self.gate = gate
+
+
+@dataclasses.dataclass(frozen=True)
+class EM:
+    """The EM method: a classifier and a gate, both updated once per batch (stochastic EM).
+
+    Each network runs forward exactly once per batch, in training mode: the E-step reuses those
+    logits under stop_gradient. The posterior therefore sees batch-statistics BatchNorm, as the
+    M-step does; a separate eval-mode pass would cost a third more compute for no EM benefit.
+    """
+
+    name: ClassVar[str] = "em"
+    measurements: ClassVar[dict[str, str]] = {
+        "loss/clf": "Classifier loss (training)",
+        "loss/dfr": "Gating (deferral) loss (training)",
+        TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
+    }
+
+    in_channels: int
+    num_classes: int
+    num_experts: int
+    clf_model: str
+    clf_width: int | None
+    gate_model: str
+    gate_width: int | None
+    e_step: EStep
+    mc_samples: int
+    expert_smoothing: float
+    clf_weighting: ClassifierWeighting
+    dtype: jnp.dtype = jnp.float32
+
+    @classmethod
+    def from_config(cls, config, *, in_channels: int, num_classes: int, num_experts: int) -> "EM":
+        return cls(in_channels=in_channels, num_classes=num_classes, num_experts=num_experts,
+                   clf_model=config.clf_model, clf_width=config.clf_width,
+                   gate_model=config.dfr_model, gate_width=config.dfr_width,
+                   e_step=config.e_step, mc_samples=config.mc_samples,
+                   expert_smoothing=config.expert_smoothing, clf_weighting=config.clf_weighting,
+                   dtype=jnp.dtype(config.compute_dtype))
+
+    def create_model(self, rngs: nnx.Rngs) -> DeferralSystem:
+        return DeferralSystem(
+            classifier=build_model(self.clf_model, in_channels=self.in_channels, dtype=self.dtype,
+                                   num_outputs=self.num_classes, width=self.clf_width, rngs=rngs),
+            gate=build_model(self.gate_model, in_channels=self.in_channels, dtype=self.dtype,
+                             num_outputs=self.num_experts + 1, width=self.gate_width, rngs=rngs),
+        )
+
+    def loss(self, model: DeferralSystem, inputs, batch, key):
+        clf_logits = model.classifier(inputs)
+        gate_logits = model.gate(inputs)
+        q = e_step(gate_logits, clf_logits, batch["expert_labels"], batch["label"],
+                   num_classes=self.num_classes, smoothing=self.expert_smoothing,
+                   method=self.e_step, mc_samples=self.mc_samples, key=key)
+        clf_loss = classifier_loss(clf_logits, batch["label"], q, weighting=self.clf_weighting)
+        gate_loss = gating_loss(gate_logits, q)
+        # The two networks share no parameters, so the gradient of the sum gives each network
+        # the gradient of its own loss, in one backward pass.
+        return clf_loss + gate_loss, {"loss/clf": clf_loss, "loss/dfr": gate_loss,
+                                      TRAIN_COVERAGE: training_coverage(gate_logits)}
+
+    def decide(self, model: DeferralSystem, inputs):
+        return model.gate(inputs), model.classifier(inputs)

@@ -1,0 +1,55 @@
+"""The interface every learning-to-defer method implements; nothing outside ``l2d/methods``
+knows which method runs.
+
+Notation: C classes, K experts. A method owns its network(s) and its loss; the rest of l2d
+(training step, evaluation, checkpoints, tracking, plots) only uses what is declared here:
+
+- ``create_model(rngs)``: the method's networks as one ``nnx.Module``, trained by one optimizer
+  over all its ``nnx.Param``s.
+- ``loss(model, inputs, batch, key) -> (loss, measurements)``: the scalar to minimise on one
+  training batch (model in training mode) and named scalars to report; the names are exactly
+  ``measurements``' keys. ``inputs`` are the normalised (and augmented) images ``[B, H, W, C_in]``;
+  ``batch`` holds ``label`` ``[B]`` and ``expert_labels`` ``[B, K]``; ``key`` is a fresh PRNG key
+  per step for methods that sample.
+- ``decide(model, inputs) -> (scores, class_logits)``: ``scores`` ``[B, K + 1]``, higher is
+  preferred, the experts first and the classifier last; the system defers to the expert with the
+  highest score unless the classifier's is higher. ``class_logits`` ``[B, C]``: the classifier's
+  answer when it keeps an input.
+"""
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Every method reports this training measurement (see ``training_coverage``).
+TRAIN_COVERAGE = "coverage/train"
+TRAIN_COVERAGE_DESCRIPTION = (
+    "Training coverage (training-mode network on the augmented training batches)")
+
+
+class Method(Protocol):
+    """What a method provides; see the module docstring."""
+
+    # The --method name, recorded in the config and in every checkpoint.
+    name: ClassVar[str]
+    # Training measurements returned by ``loss``: MLflow metric name -> plot title.
+    measurements: ClassVar[Mapping[str, str]]
+
+    def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
+
+    def loss(self, model: Any, inputs: jax.Array, batch: dict[str, jax.Array],
+             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+    def decide(self, model: Any, inputs: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+
+def training_coverage(scores: jax.Array) -> jax.Array:
+    """Share of the batch whose highest score is the classifier's (the last column).
+
+    Computed from the scores of the training forward pass, so it reflects the training-mode
+    network (batch-statistics BatchNorm) on augmented images, not the test-time decision.
+    """
+    return jnp.mean(jnp.argmax(scores, axis=-1) == scores.shape[-1] - 1).astype(jnp.float32)

@@ -1,0 +1,59 @@
+"""Test metrics of every method, from summed evaluation counts, and their MLflow names.
+
+The names are defined here once; the demo's printout, ``l2d plot`` and the tests use these
+constants. (Training measurements are named by each method: ``Method.measurements``.)
+"""
+
+import numpy as np
+
+ACCURACY = "accuracy"  # The system's accuracy.
+COVERAGE = "coverage/test"  # Share of test inputs the classifier keeps.
+CLF_ACCURACY = "clf_accuracy/all"  # The classifier alone, on every input.
+CLF_ACCURACY_KEPT = "clf_accuracy/kept"  # The classifier on the inputs it keeps.
+AUC = "accuracy_coverage/auc"  # Area under the accuracy-coverage curve.
+
+
+def expert_share(k: int) -> str:
+    return f"expert_{k}/share"  # Share of test inputs deferred to expert k.
+
+
+def expert_accuracy_received(k: int) -> str:
+    return f"expert_{k}/accuracy_received"  # Expert k on the inputs deferred to it.
+
+
+def expert_accuracy_alone(k: int) -> str:
+    return f"expert_{k}/accuracy_alone"  # Expert k on every input.
+
+
+def safe_ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when nothing was counted (e.g. an expert that got no input)."""
+    return float(numerator) / float(denominator) if denominator > 0 else float("nan")
+
+
+def summarise(counts: dict[str, np.ndarray]) -> dict[str, float]:
+    """Turn summed counts (``l2d.evaluate``) into the logged metrics."""
+    samples = float(counts["samples"])
+    num_experts = counts["expert_correct"].shape[0]
+    routed, routed_correct = counts["routed"], counts["routed_correct"]
+    metrics = {
+        ACCURACY: safe_ratio(counts["system_correct"], samples),
+        COVERAGE: safe_ratio(routed[-1], samples),
+        CLF_ACCURACY: safe_ratio(counts["clf_correct"], samples),
+        CLF_ACCURACY_KEPT: safe_ratio(routed_correct[-1], routed[-1]),
+    }
+    for k in range(num_experts):
+        metrics[expert_share(k)] = safe_ratio(routed[k], samples)
+        metrics[expert_accuracy_received(k)] = safe_ratio(routed_correct[k], routed[k])
+        metrics[expert_accuracy_alone(k)] = safe_ratio(counts["expert_correct"][k], samples)
+    return metrics
+
+
+def deferral_table(counts: dict[str, np.ndarray]) -> dict[str, list]:
+    """Per true class: how many inputs went to each expert and to the classifier."""
+    num_experts = counts["expert_correct"].shape[0]
+    columns = [f"expert_{k}" for k in range(num_experts)] + ["classifier"]
+    table = counts["class_routed"].astype(np.int64)
+    return {
+        "class": list(range(table.shape[0])),
+        **{column: table[:, j].tolist() for j, column in enumerate(columns)},
+    }
