@@ -1,4 +1,4 @@
-"""l2d: learning to defer to K human experts, trained by EM in JAX.
+"""l2d: learning to defer to K human experts in JAX, by EM or a surrogate loss (l2d.methods).
 
 Importing the package touches no device and reads no global state; the heavy modules
 (``l2d.train``, ``l2d.evaluate``) are imported only by the commands that need them.

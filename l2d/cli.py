@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags default to SUPPRESS so that the parsed namespace holds only what the user typed;
     defaults come from TrainConfig (shown in --help)."""
     parser = OneLineErrorParser(
-        prog="l2d", description="Learning to defer to human experts, trained by EM in JAX.")
+        prog="l2d", description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     train = commands.add_parser(
         "train", argument_default=argparse.SUPPRESS,
@@ -283,13 +283,13 @@ def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> Train
     return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in allowed})
 
 
-def check_method_flags(given: dict, method: str) -> None:
+def check_method_flags(given: dict, config: TrainConfig) -> None:
     """A flag that only another method reads is an error, not silently ignored."""
-    for name in given:
-        owners = [m for m, fields in METHOD_FIELDS.items() if name in fields]
-        if owners and method not in owners:
-            raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
-                           f"{' or '.join(owners)}, not by --method {method}")
+    unused = config.unused_fields()
+    for name in (name for name in given if name in unused):
+        owners = [method for method, fields in METHOD_FIELDS.items() if name in fields]
+        raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
+                       f"{' or '.join(owners)}, not by --method {config.method}")
 
 
 def run_train_command(given: dict) -> None:
@@ -309,7 +309,7 @@ def run_train_command(given: dict) -> None:
     else:
         config = TrainConfig(**given)
     config.validate()
-    check_method_flags(given, config.method)
+    check_method_flags(given, config)
     start_jax(config)
     from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
 

@@ -196,6 +196,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def unused_fields(self) -> frozenset[str]:
+        """Fields that only methods other than ``self.method`` read (left out of MLflow params)."""
+        others = frozenset().union(*(fields for name, fields in METHOD_FIELDS.items()
+                                     if name != self.method))
+        return others - METHOD_FIELDS[self.method]
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""

@@ -131,7 +131,8 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
         if resume_run_id is None and parallel.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             config.save(folder / CONFIG_FILE)
-            tracker.log_params(config.to_dict())
+            unused = config.unused_fields()
+            tracker.log_params({k: v for k, v in config.to_dict().items() if k not in unused})
             tracker.log_dict(config.to_dict(), CONFIG_FILE)
             tracker.set_tags({"checkpoints": str(folder / "checkpoints")})
         if parallel.is_main:

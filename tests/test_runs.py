@@ -79,6 +79,7 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert params["train_groundtruth_file"] == dataset["train_groundtruth"]
     assert params["test_files"] == str(tuple(dataset["test_experts"]))
     assert params["num_classes"] == "3" and params["e_step"] == "mc"
+    assert params["method"] == "em" and "width" not in params
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "final_metrics.json", "deferral_table.json",
             "accuracy_coverage.json"} <= artifacts
@@ -118,6 +119,8 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     run = only_run(client)
     run_id = run.info.run_id
     assert run.info.status == "FINISHED" and run.data.params["method"] == method
+    # Only the flags this method reads are logged as params.
+    assert run.data.params["width"] == "4" and "clf_width" not in run.data.params
     for name in ("loss/surrogate", "coverage/train", "accuracy", "accuracy_coverage/auc"):
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
     assert "loss/clf" not in run.data.metrics

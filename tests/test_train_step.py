@@ -83,7 +83,7 @@ def test_step_compiles_once_and_updates_every_parameter(changes):
 def test_each_network_runs_forward_once_per_step(monkeypatch, method_name, calls):
     method, graphdef, state, step = make(tiny_config(method=method_name))
     counted = {}
-    for module in nnx.merge(graphdef, state)[0].iter_modules():
+    for module in nnx.iter_modules(nnx.merge(graphdef, state)[0]):
         cls = type(module[1])
         if cls.__name__ in calls and cls.__name__ not in counted:
             counted[cls.__name__] = 0
