@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags default to SUPPRESS so that the parsed namespace holds only what the user typed;
     defaults come from TrainConfig (shown in --help)."""
     parser = OneLineErrorParser(
-        prog="l2d", description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+        prog="l2d",
+        description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=OneLineErrorParser)
     train = commands.add_parser(
         "train", argument_default=argparse.SUPPRESS,
         help="train a deferral system (or --resume / --test an existing run)",
@@ -194,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser(
         "plot", help="plot runs' metric histories to PNG files",
-        description="Read the per-epoch metrics of one or more runs from MLflow and write five "
-                    "PNGs (test accuracy, test and training coverage, classifier and gating "
-                    "losses), one line per run; the PNGs are also logged to every run under "
-                    "plots/.")
+        description="Read the per-epoch metrics of one or more runs (of any methods) from MLflow "
+                    "and write PNGs, one line per run: test accuracy, test and training "
+                    "coverage, the accuracy-coverage area, each method's training losses, and "
+                    "the latest accuracy-coverage curves in one figure. The PNGs are also "
+                    "logged to every run under plots/.")
     plot.add_argument("--run-id", dest="run_ids", action="extend", type=comma_list,
                       required=True, metavar="ID[,ID...]",
                       help="runs to plot (comma-separated or repeated)")

@@ -11,6 +11,9 @@ import pytest
 from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
+from l2d import metrics
+from l2d.methods import em
+
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
@@ -55,7 +58,7 @@ def test_two_devices_match_one_device(dataset, tmp_path):
     assert two.returncode == 0, two.stderr
     (_, run_one), (_, run_two) = run_of(tmp_path / "one"), run_of(tmp_path / "two")
     # Sums over devices run in another order than on one device: equal up to float32 rounding.
-    for name in ("loss/clf", "loss/dfr"):
+    for name in (em.CLF_LOSS, em.GATE_LOSS):
         np.testing.assert_allclose(run_two.data.metrics[name], run_one.data.metrics[name],
                                    rtol=1e-4, err_msg=name)
     params = []
@@ -108,7 +111,7 @@ def test_two_processes_match_one_process_log_one_run_and_resume(dataset, tmp_pat
     assert "final test metrics" in outputs[0][0] and "final test metrics" not in outputs[1][0]
     (_, run_one), (client, run_two) = run_of(tmp_path / "one"), run_of(folder)
     assert run_two.info.status == "FINISHED"
-    for name in ("loss/clf", "loss/dfr", "accuracy"):
+    for name in (em.CLF_LOSS, em.GATE_LOSS, metrics.ACCURACY):
         np.testing.assert_allclose(run_two.data.metrics[name], run_one.data.metrics[name],
                                    rtol=1e-4, err_msg=name)
     checkpoints = folder / "artifacts" / run_two.info.run_id / "checkpoints"
@@ -119,5 +122,5 @@ def test_two_processes_match_one_process_log_one_run_and_resume(dataset, tmp_pat
     run_processes(folder, "--resume", "--run-id", run_two.info.run_id)
     resumed = client.get_run(run_two.info.run_id)
     assert resumed.info.status == "FINISHED"
-    for name in ("loss/clf", "loss/dfr", "accuracy"):
+    for name in (em.CLF_LOSS, em.GATE_LOSS, metrics.ACCURACY):
         assert resumed.data.metrics[name] == run_two.data.metrics[name], name

@@ -8,7 +8,11 @@ from matplotlib.image import imread
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from l2d import metrics
 from l2d.errors import L2DError
+from l2d.methods import em
+from l2d.methods.base import TRAIN_COVERAGE
+from l2d.methods.one_network import SURROGATE_LOSS
 from l2d.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
 from l2d.tracking import MlflowTracker
 
@@ -26,15 +30,15 @@ def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = 
         client.log_batch(run_id, metrics=[
             Metric(plot.metric, epoch_value(plot.metric, epoch, offset), 1000 * epoch, epoch)
             for plot in method_plots(method) if plot.metric != skip])
-    coverage = epoch_value("coverage/test", EPOCHS, offset)
+    coverage = epoch_value(metrics.COVERAGE, EPOCHS, offset)
     client.log_dict(run_id, {"epoch": EPOCHS, "coverage": [0.0, coverage, 1.0],
-                             "accuracy": [0.5, epoch_value("accuracy", EPOCHS, offset), 0.4],
+                             "accuracy": [0.5, epoch_value(metrics.ACCURACY, EPOCHS, offset), 0.4],
                              "auc": 0.5}, "accuracy_coverage.json")
 
 
 def epoch_value(metric: str, epoch: int, offset: float) -> float:
     """Accuracy and coverage rise towards 1; losses fall."""
-    if metric == "accuracy" or metric.startswith(("coverage/", "accuracy_coverage/")):
+    if metric in (metrics.ACCURACY, metrics.COVERAGE, metrics.AUC, TRAIN_COVERAGE):
         return min(1.0, offset + 0.1 * epoch)
     return 2.0 / epoch + offset
 
@@ -55,10 +59,10 @@ def store(tmp_path_factory):
     killed = client.create_run(experiment, run_name="resumed-run")
     log_epochs(client, killed.info.run_id, offset=0.3)
     # The epoch trained again after a resume: same step, later timestamp.
-    client.log_metric(killed.info.run_id, "accuracy", 0.5, timestamp=99_000, step=3)
+    client.log_metric(killed.info.run_id, metrics.ACCURACY, 0.5, timestamp=99_000, step=3)
     client.set_terminated(killed.info.run_id, "KILLED")
     partial = client.create_run(experiment, run_name="no-dfr-loss")
-    log_epochs(client, partial.info.run_id, offset=0.0, skip="loss/dfr")
+    log_epochs(client, partial.info.run_id, offset=0.0, skip=em.GATE_LOSS)
     client.set_terminated(partial.info.run_id, "FAILED")
     quiet = client.create_run(experiment, run_name="plotted-without-logging")
     log_epochs(client, quiet.info.run_id, offset=0.1)
@@ -106,9 +110,9 @@ def test_without_log_artifacts_nothing_is_logged(store, tmp_path):
 
 def test_a_resumed_epoch_counts_once_with_its_last_value(store):
     run = read_run(MlflowTracker(store.uri), store.killed)
-    steps, values = run.curves["accuracy"]
+    steps, values = run.curves[metrics.ACCURACY]
     assert steps == [1, 2, 3, 4] and values == pytest.approx([0.4, 0.5, 0.5, 0.7])
-    assert run.curves["loss/clf"][0] == [1, 2, 3, 4]
+    assert run.curves[em.CLF_LOSS][0] == [1, 2, 3, 4]
     assert run.label == "resumed-run"
     assert read_run(MlflowTracker(store.uri), store.finished).label == \
         "finished-run: two noisy experts"
@@ -121,7 +125,7 @@ def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(sto
         "test_accuracy.png", "test_coverage.png", "train_coverage.png",
         "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "loss_surrogate.png",
         "accuracy_coverage.png"]
-    assert read_run(MlflowTracker(store.uri), store.surrogate).curves["loss/surrogate"][0] == [
+    assert read_run(MlflowTracker(store.uri), store.surrogate).curves[SURROGATE_LOSS][0] == [
         1, 2, 3, 4]
 
 

@@ -17,6 +17,11 @@ import pytest
 from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
+from l2d import metrics
+from l2d.methods import em
+from l2d.methods.base import TRAIN_COVERAGE
+from l2d.methods.one_network import SURROGATE_LOSS
+
 TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
 # The surrogate methods' one network, as small.
 TINY_NETWORK = ["--model", "cnn", "--width", "4", "--no-tqdm"]
@@ -67,9 +72,9 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = only_run(client)
     assert run.info.status == "FINISHED"
-    for name in ("loss/clf", "loss/dfr", "coverage/train", "coverage/test", "accuracy",
-                 "clf_accuracy/all", "expert_0/share", "expert_1/accuracy_received",
-                 "accuracy_coverage/auc", "loader/wait_fraction"):
+    for name in (em.CLF_LOSS, em.GATE_LOSS, TRAIN_COVERAGE, metrics.COVERAGE, metrics.ACCURACY,
+                 metrics.CLF_ACCURACY, metrics.expert_share(0), metrics.expert_accuracy_received(1),
+                 metrics.AUC, "loader/wait_fraction"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
     assert all(0 <= m.value < 1 for m in
@@ -83,14 +88,14 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "final_metrics.json", "deferral_table.json",
             "accuracy_coverage.json"} <= artifacts
-    metrics = final_metrics(client, run.info.run_id, tmp_path)
-    assert metrics["accuracy"] == run.data.metrics["accuracy"]
+    final = final_metrics(client, run.info.run_id, tmp_path)
+    assert final[metrics.ACCURACY] == run.data.metrics[metrics.ACCURACY]
     curve = json.loads(Path(client.download_artifacts(
         run.info.run_id, "accuracy_coverage.json", str(tmp_path))).read_text())
-    assert curve["epoch"] == 3 and curve["auc"] == pytest.approx(metrics["accuracy_coverage/auc"])
+    assert curve["epoch"] == 3 and curve["auc"] == pytest.approx(final[metrics.AUC])
     # The default decision is a point of the curve.
     points = set(zip(curve["coverage"], curve["accuracy"]))
-    assert any(abs(c - metrics["coverage/test"]) < 1e-9 and abs(a - metrics["accuracy"]) < 1e-9
+    assert any(abs(c - final[metrics.COVERAGE]) < 1e-9 and abs(a - final[metrics.ACCURACY]) < 1e-9
                for c, a in points)
     checkpoints = Path(run.data.tags["checkpoints"])
     assert checkpoints == tmp_path / "artifacts" / run.info.run_id / "checkpoints"
@@ -103,7 +108,7 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
                      tmp_path)
     printed = json.loads(result.stdout)
     assert printed.pop("checkpoint_epoch") == 3
-    np.testing.assert_equal(printed, metrics)
+    np.testing.assert_equal(printed, final)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     logged = client.download_artifacts(run.info.run_id, "test/test_groundtruth_epoch_3.json",
                                        str(tmp_path))
@@ -121,16 +126,16 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     assert run.info.status == "FINISHED" and run.data.params["method"] == method
     # Only the flags this method reads are logged as params.
     assert run.data.params["width"] == "4" and "clf_width" not in run.data.params
-    for name in ("loss/surrogate", "coverage/train", "accuracy", "accuracy_coverage/auc"):
+    for name in (SURROGATE_LOSS, TRAIN_COVERAGE, metrics.ACCURACY, metrics.AUC):
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
-    assert "loss/clf" not in run.data.metrics
-    metrics = final_metrics(client, run_id, tmp_path)
+    assert em.CLF_LOSS not in run.data.metrics
+    final = final_metrics(client, run_id, tmp_path)
 
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
                      tmp_path)
     printed = json.loads(result.stdout)
     assert printed.pop("checkpoint_epoch") == 2
-    np.testing.assert_equal(printed, metrics)
+    np.testing.assert_equal(printed, final)
 
     # Without the last checkpoint, --resume trains epoch 2 again: the same numbers.
     checkpoints = tmp_path / "artifacts" / run_id / "checkpoints"
@@ -138,8 +143,8 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id], tmp_path)
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED"
-    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), metrics)
-    assert resumed.data.metrics["loss/surrogate"] == run.data.metrics["loss/surrogate"]
+    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), final)
+    assert resumed.data.metrics[SURROGATE_LOSS] == run.data.metrics[SURROGATE_LOSS]
 
     # A configuration that names another method than the checkpoint's is refused.
     config_file = tmp_path / "artifacts" / run_id / "config.json"
@@ -183,9 +188,10 @@ def test_run_logged_to_a_real_mlflow_server(dataset, tmp_path):
         client = MlflowClient(url)
         run = only_run(client)
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2]
-        assert final_metrics(client, run.info.run_id, tmp_path)["accuracy"] == pytest.approx(
-            run.data.metrics["accuracy"])
+        history = client.get_metric_history(run.info.run_id, metrics.ACCURACY)
+        assert [m.step for m in history] == [1, 2]
+        assert final_metrics(client, run.info.run_id, tmp_path)[metrics.ACCURACY] == pytest.approx(
+            run.data.metrics[metrics.ACCURACY])
         # Artifacts went through the server into its own folder, not the client's.
         assert list((tmp_path / "served").rglob("final_metrics.json"))
         assert not (tmp_path / "mlflow.db").exists()
@@ -229,7 +235,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     assert resumed_run.info.status == "FINISHED"
     np.testing.assert_equal(final_metrics(interrupted_client, run_id, tmp_path),
                             final_metrics(straight_client, straight_run.info.run_id, tmp_path))
-    for name in ("loss/clf", "loss/dfr", "accuracy"):
+    for name in (em.CLF_LOSS, em.GATE_LOSS, metrics.ACCURACY):
         assert resumed_run.data.metrics[name] == straight_run.data.metrics[name], name
 
 

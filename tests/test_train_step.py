@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from l2d.config import TrainConfig
-from l2d.methods import METHODS, make_method
+from l2d.methods import METHODS, em, make_method
+from l2d.methods.base import TRAIN_COVERAGE
 from l2d.parallel import data_parallel
 from l2d.system import build_state
 from l2d.train_step import make_train_step, zero_train_totals
@@ -74,7 +75,7 @@ def test_step_compiles_once_and_updates_every_parameter(changes):
     assert set(totals) == {*method.measurements, "nonfinite_steps"}
     assert all(np.isfinite(v) for v in totals.values())
     assert totals["nonfinite_steps"] == 0
-    assert 0 <= totals["coverage/train"] <= 3
+    assert 0 <= totals[TRAIN_COVERAGE] <= 3
 
 
 @pytest.mark.parametrize("method_name, calls", [
@@ -119,7 +120,7 @@ def test_em_reproduces_the_two_optimizer_step_of_main():
                  for key in ("image", "label", "expert_labels")}
         state, totals = step(state, zero_totals(method), batch, index)
         totals = jax.device_get(totals)
-        losses.append([totals["loss/clf"], totals["loss/dfr"], totals["coverage/train"]])
+        losses.append([totals[em.CLF_LOSS], totals[em.GATE_LOSS], totals[TRAIN_COVERAGE]])
     np.testing.assert_allclose(losses, reference["losses"], rtol=1e-6)
     final = nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state)[0],
                                         (nnx.Param, nnx.BatchStat)))
@@ -135,7 +136,7 @@ def test_same_seed_same_result_different_seed_different_result():
         totals = zero_totals(method)
         for index in range(2):
             state, totals = step(state, totals, random_batch(index), index)
-        return float(totals["loss/dfr"])
+        return float(totals[em.GATE_LOSS])
 
     assert final_loss(5) == final_loss(5)
     assert final_loss(5) != final_loss(6)

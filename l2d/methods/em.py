@@ -23,6 +23,10 @@ from l2d.models import build_model
 EStep = Literal["exact", "mc"]
 ClassifierWeighting = Literal["posterior", "uniform"]
 
+# EM's training measurements besides the shared coverage/train.
+CLF_LOSS = "loss/clf"
+GATE_LOSS = "loss/dfr"
+
 
 def expert_log_likelihood(
     expert_labels: jax.Array, labels: jax.Array, *, num_classes: int, smoothing: float
@@ -126,8 +130,8 @@ class EM:
 
     name: ClassVar[str] = "em"
     measurements: ClassVar[dict[str, str]] = {
-        "loss/clf": "Classifier loss (training)",
-        "loss/dfr": "Gating (deferral) loss (training)",
+        CLF_LOSS: "Classifier loss (training)",
+        GATE_LOSS: "Gating (deferral) loss (training)",
         TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
     }
 
@@ -171,7 +175,7 @@ class EM:
         gate_loss = gating_loss(gate_logits, q)
         # The two networks share no parameters, so the gradient of the sum gives each network
         # the gradient of its own loss, in one backward pass.
-        return clf_loss + gate_loss, {"loss/clf": clf_loss, "loss/dfr": gate_loss,
+        return clf_loss + gate_loss, {CLF_LOSS: clf_loss, GATE_LOSS: gate_loss,
                                       TRAIN_COVERAGE: training_coverage(gate_logits)}
 
     def decide(self, model: DeferralSystem, inputs):
