@@ -138,8 +138,9 @@ def test_same_seed_same_result_different_seed_different_result():
             state, totals = step(state, totals, random_batch(index), index)
         return float(totals[em.GATE_LOSS])
 
-    assert final_loss(5) == final_loss(5)
-    assert final_loss(5) != final_loss(6)
+    first = final_loss(5)
+    assert final_loss(5) == first
+    assert final_loss(6) != first
 
 
 def test_every_registered_method_has_its_flags_declared():
