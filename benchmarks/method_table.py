@@ -52,7 +52,9 @@ def main() -> int:
     if not groups:
         parser.error(f"no FINISHED run in experiment {args.experiment_name!r}")
     first_run = next(iter(groups.values()))[0]
-    num_experts = sum(key.endswith("/accuracy_alone") for key in first_run.data.metrics)
+    num_experts = 0
+    while metrics.expert_accuracy_alone(num_experts) in first_run.data.metrics:
+        num_experts += 1
     experts = {f"expert {k} alone": metrics.expert_accuracy_alone(k) for k in range(num_experts)}
     columns = {**COLUMNS, **experts}
     print("| method | seeds | " + " | ".join(columns) + " |")

@@ -12,6 +12,9 @@ import dataclasses
 
 import numpy as np
 
+# The artifact holding the latest curve of a run, logged at every evaluation.
+CURVE_FILE = "accuracy_coverage.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class AccuracyCoverageCurve:

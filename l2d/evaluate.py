@@ -70,7 +70,9 @@ def make_eval_step(
         best_expert = jnp.argmax(scores[:, :-1], axis=-1)
         best_expert_label = jnp.take_along_axis(expert_labels, best_expert[:, None], -1)[:, 0]
         per_input = {
-            "margin": scores[:, -1] - jnp.max(scores[:, :-1], axis=-1),
+            # In float32 whatever the compute dtype: bfloat16 would merge distinct margins.
+            "margin": scores[:, -1].astype(jnp.float32)
+            - jnp.max(scores[:, :-1], axis=-1).astype(jnp.float32),
             "clf_correct": clf_correct,
             "deferred_correct": (best_expert_label == labels).astype(jnp.float32),
             "mask": mask,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from l2d import metrics
+from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
 from l2d.methods import METHODS
 from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
@@ -30,10 +31,7 @@ ID_PREFIX = 8
 DESCRIPTION_CHARS = 60
 ARTIFACT_FOLDER = "plots"
 # What ``l2d train`` logs at every evaluation, and the figure drawn from it.
-CURVE_ARTIFACT = "accuracy_coverage.json"
 CURVE_PLOT = "accuracy_coverage.png"
-# Runs logged before --method existed are EM runs.
-DEFAULT_METHOD = "em"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +112,10 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
     if not tracker.run_exists(run_id):
         raise L2DError(f"run {run_id}: no such run in {tracker.uri}")
     run = tracker.client.get_run(run_id)
-    method = run.data.params.get("method", DEFAULT_METHOD)
+    method = run.data.params.get("method")
+    if method is None:
+        raise L2DError(f"run {run_id}: no param 'method'; runs logged before l2d had methods "
+                       f"(or not by l2d) cannot be plotted")
     if method not in METHODS:
         raise L2DError(f"run {run_id}: logged with method {method!r}, which this l2d does not "
                        f"know ({', '.join(METHODS)})")
@@ -134,10 +135,10 @@ def read_curve(tracker: MlflowTracker, run_id: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = tracker.client.download_artifacts(run_id, CURVE_ARTIFACT, folder)
+            path = tracker.client.download_artifacts(run_id, CURVE_FILE, folder)
             return json.loads(Path(path).read_text())
         except (MlflowException, OSError, ValueError):
-            raise L2DError(f"run {run_id}: no readable artifact {CURVE_ARTIFACT} (needed for "
+            raise L2DError(f"run {run_id}: no readable artifact {CURVE_FILE} (needed for "
                            f"{CURVE_PLOT}); was it trained by l2d?") from None
 
 

@@ -22,7 +22,7 @@ import psutil
 from tqdm import tqdm
 
 from l2d import checkpoint
-from l2d.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
+from l2d.accuracy_coverage import CURVE_FILE, AccuracyCoverageCurve, accuracy_coverage_curve
 from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
@@ -45,7 +45,6 @@ from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 
 CONFIG_FILE = "config.json"
 # The latest evaluation's accuracy-coverage curve, logged (and replaced) at every evaluation.
-CURVE_FILE = "accuracy_coverage.json"
 
 
 def run_folder(config: TrainConfig, run_id: str) -> Path:

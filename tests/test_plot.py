@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from l2d import metrics
+from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
 from l2d.methods import em
 from l2d.methods.base import TRAIN_COVERAGE
@@ -24,8 +25,7 @@ def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = 
                method: str = "em") -> None:
     """Per-epoch metrics and the last accuracy-coverage curve shaped like a real run's, with
     step = epochs finished."""
-    if method != "em":
-        client.log_param(run_id, "method", method)
+    client.log_param(run_id, "method", method)
     for epoch in range(1, EPOCHS + 1):
         client.log_batch(run_id, metrics=[
             Metric(plot.metric, epoch_value(plot.metric, epoch, offset), 1000 * epoch, epoch)
@@ -33,7 +33,7 @@ def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = 
     coverage = epoch_value(metrics.COVERAGE, EPOCHS, offset)
     client.log_dict(run_id, {"epoch": EPOCHS, "coverage": [0.0, coverage, 1.0],
                              "accuracy": [0.5, epoch_value(metrics.ACCURACY, EPOCHS, offset), 0.4],
-                             "auc": 0.5}, "accuracy_coverage.json")
+                             "auc": 0.5}, CURVE_FILE)
 
 
 def epoch_value(metric: str, epoch: int, offset: float) -> float:
@@ -46,7 +46,8 @@ def epoch_value(metric: str, epoch: int, offset: float) -> float:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Runs: FINISHED with a description; KILLED and resumed (step 3 logged twice); FAILED
-    without `loss/dfr`; RUNNING, for plotting without logging."""
+    without EM's gating loss; RUNNING, for plotting without logging; a softmax run; one without
+    its curve; one without the method param (as before l2d had methods)."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -70,12 +71,16 @@ def store(tmp_path_factory):
     log_epochs(client, surrogate.info.run_id, offset=0.2, method="softmax")
     client.set_terminated(surrogate.info.run_id, "FINISHED")
     no_curve = client.create_run(experiment, run_name="no-curve")
+    client.log_param(no_curve.info.run_id, "method", "em")
     for plot in method_plots("em"):
         client.log_metric(no_curve.info.run_id, plot.metric, 0.5, step=1)
+    no_method = client.create_run(experiment, run_name="no-method")
+    for plot in method_plots("em"):
+        client.log_metric(no_method.info.run_id, plot.metric, 0.5, step=1)
     return SimpleNamespace(uri=uri, client=client, finished=finished.info.run_id,
                            killed=killed.info.run_id, partial=partial.info.run_id,
                            quiet=quiet.info.run_id, surrogate=surrogate.info.run_id,
-                           no_curve=no_curve.info.run_id)
+                           no_curve=no_curve.info.run_id, no_method=no_method.info.run_id)
 
 
 def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
@@ -161,9 +166,14 @@ def test_unknown_run_id_is_a_one_line_error_naming_it_and_the_store(store, tmp_p
 
 
 def test_missing_metric_history_is_named(store, tmp_path):
-    with pytest.raises(L2DError, match=rf"run {store.partial}: no metric 'loss/dfr'"):
+    with pytest.raises(L2DError, match=rf"run {store.partial}: no metric '{em.GATE_LOSS}'"):
         plot_runs(store.uri, [store.partial], tmp_path)
     assert store.client.list_artifacts(store.partial, "plots") == []
+
+
+def test_a_run_without_its_method_is_refused(store, tmp_path):
+    with pytest.raises(L2DError, match=rf"^run {store.no_method}: no param 'method'; "):
+        plot_runs(store.uri, [store.no_method], tmp_path)
 
 
 def test_unwritable_output_folder_is_a_one_line_error(store, tmp_path):

@@ -69,17 +69,19 @@ def test_tool_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_plot_command_writes_pngs_of_a_logged_run(tmp_path, capsys, monkeypatch):
     from mlflow import MlflowClient
 
+    from l2d.accuracy_coverage import CURVE_FILE
     from l2d.plot import method_plots
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("e"))
+    client.log_param(run.info.run_id, "method", "em")
     for epoch in (1, 2):
         for plot in method_plots("em"):
             client.log_metric(run.info.run_id, plot.metric, 0.5 / epoch, step=epoch)
     client.log_dict(run.info.run_id, {"epoch": 2, "coverage": [0.0, 0.25, 1.0],
                                       "accuracy": [0.4, 0.25, 0.2], "auc": 0.3},
-                    "accuracy_coverage.json")
+                    CURVE_FILE)
     assert main(["plot", "--run-id", run.info.run_id, "--output", "figures"]) == 0
     written = capsys.readouterr().out.split()
     assert len(written) == len(method_plots("em")) + 1

@@ -185,7 +185,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(method_name)
     _, half, half_dtypes = run("bfloat16")
     assert full_dtypes == half_dtypes == {np.dtype(np.float32)}
     for name in method.measurements:
-        if name.startswith("loss/"):
+        # The losses; training coverage counts argmaxes, which bfloat16 may flip.
+        if name != TRAIN_COVERAGE:
             # bfloat16 keeps 8 bits of mantissa: about 2 significant digits.
             np.testing.assert_allclose(half[name], full[name], rtol=0.05, err_msg=name)
     assert half["nonfinite_steps"] == 0

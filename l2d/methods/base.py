@@ -27,7 +27,7 @@ from flax import nnx
 # Every method reports this training measurement (see ``training_coverage``).
 TRAIN_COVERAGE = "coverage/train"
 TRAIN_COVERAGE_DESCRIPTION = (
-    "Training coverage (training-mode network on the augmented training batches)")
+    "Training coverage (training-mode network on the training batches, augmented if --augment)")
 
 
 class Method(Protocol):
@@ -37,6 +37,10 @@ class Method(Protocol):
     name: ClassVar[str]
     # Training measurements returned by ``loss``: MLflow metric name -> plot title.
     measurements: ClassVar[Mapping[str, str]]
+
+    @classmethod
+    def from_config(cls, config: Any, *, in_channels: int, num_classes: int,
+                    num_experts: int) -> "Method": ...
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
 
