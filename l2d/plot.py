@@ -30,7 +30,7 @@ DESCRIPTION_TAG = "mlflow.note.content"
 ID_PREFIX = 8
 DESCRIPTION_CHARS = 60
 ARTIFACT_FOLDER = "plots"
-# What ``l2d train`` logs at every evaluation, and the figure drawn from it.
+# The figure of the runs' latest accuracy-coverage curves (``CURVE_FILE``).
 CURVE_PLOT = "accuracy_coverage.png"
 
 

@@ -44,7 +44,6 @@ from l2d.tracking import (
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 
 CONFIG_FILE = "config.json"
-# The latest evaluation's accuracy-coverage curve, logged (and replaced) at every evaluation.
 
 
 def run_folder(config: TrainConfig, run_id: str) -> Path:
