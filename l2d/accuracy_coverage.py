@@ -35,7 +35,8 @@ def accuracy_coverage_curve(margin: np.ndarray, clf_correct: np.ndarray,
     """The exact curve of N inputs (each argument ``[N]``, N >= 1).
 
     ``clf_correct`` and ``deferred_correct`` say whether the classifier and the best-scored
-    expert are right on each input.
+    expert are right on each input. An input of margin +inf has no expert to defer to: the
+    curve then starts at the coverage of those inputs.
     """
     margin = np.asarray(margin, np.float64)
     if margin.size == 0:
@@ -48,7 +49,10 @@ def accuracy_coverage_curve(margin: np.ndarray, clf_correct: np.ndarray,
     deferred_right = np.concatenate([np.cumsum(deferred[::-1])[::-1], [0.0]])
     # Keeping the first j inputs is achievable when j = 0, j = N, or the j-th and (j+1)-th
     # margins differ (inputs with equal margins are kept or deferred together).
+    # Inputs of margin +inf (no expert to defer to) are kept at every offset.
+    always_kept = int(np.sum(margin == np.inf))
     boundaries = np.flatnonzero(margin[:-1] != margin[1:]) + 1
-    kept = np.concatenate([[0], boundaries, [margin.size]])
+    kept = np.unique(np.concatenate([[always_kept], boundaries[boundaries > always_kept],
+                                     [margin.size]]))
     return AccuracyCoverageCurve(coverage=kept / margin.size,
                                  accuracy=(kept_right[kept] + deferred_right[kept]) / margin.size)

@@ -16,9 +16,11 @@ from l2d.config import (
     COMPUTE_DTYPES,
     E_STEPS,
     METHOD_FIELDS,
+    MISSING_MODES,
     METHOD_NAMES,
     MODEL_NAMES,
     RUNTIME_FIELDS,
+    TEST_WORKLOADS,
     TrainConfig,
 )
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
@@ -27,9 +29,14 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
 DEMO_EPOCHS = 15
+# The demo's EM (README, "The demo"): the classifier learns from every input, since weighting it
+# by its posterior starves it into a collapse to coverage 0, and each expert takes at most 40% of
+# the inputs, so the classifier keeps the share it is good at.
+DEMO_DEFERRAL = {"clf_weighting": "uniform", "max_share": (0.4, 0.4, 1.0)}
 
 # Flags a --test run may change besides the runtime ones: which test manifests to evaluate on.
-TEST_OVERRIDABLE = frozenset({"test_files", "test_groundtruth_file", "batch_size"})
+TEST_OVERRIDABLE = frozenset(
+    {"test_files", "test_groundtruth_file", "batch_size", "test_workload"})
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -110,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         "p(y | expert)", type=float)
     add(model, "--clf-weighting", "em: classifier loss weights, q(classifier) or uniform",
         choices=CLF_WEIGHTINGS)
+    add(model, "--max-share", "em: K + 1 comma-separated numbers, the experts in --train-files "
+        "order then the classifier: the largest share of each batch the E-step gives each "
+        "option", type=comma_floats)
+    add(model, "--min-share", "em: K + 1 numbers as --max-share: the smallest shares",
+        type=comma_floats)
+    add(model, "--test-workload", "em: test-time routing, the gate's argmax per input or the "
+        "whole split assigned at once within the share bounds", choices=TEST_WORKLOADS)
+    add(model, "--allow-missing-annotations", "em: expert manifests may omit files or give "
+        "\"label\": null", action=argparse.BooleanOptionalAction)
+    add(model, "--missing", "em: a missing annotation leaves the expert out of that input "
+        "(exclude) or is predicted by an annotation network (model)", choices=MISSING_MODES)
+    add(model, "--ann-model", "em, --missing model: the annotation network p(t_k | x)",
+        choices=MODEL_NAMES)
+    add(model, "--ann-width", "em, --missing model: annotation network width", type=int)
     add(model, "--model", "softmax, ova: the network", choices=MODEL_NAMES)
     add(model, "--width", "softmax, ova: network base width (preact_resnet10: 64 by default, "
         "cnn: 32)", type=int)
@@ -193,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     experts.add_argument("--num-classes", type=int,
                          help="C (default: largest ground-truth label + 1)")
     experts.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    experts.add_argument("--missing-rate", type=float, default=0.0, metavar="R",
+                         help="leave out the annotations of a seeded share R of each "
+                              "manifest's files (train with --allow-missing-annotations; "
+                              "default: 0)")
 
     plot = commands.add_parser(
         "plot", help="plot runs' metric histories to PNG files",
@@ -347,11 +372,13 @@ def run_experts_command(args: dict) -> None:
     else:
         spec = ExpertSpec.specialist(args["specialist"], args["p_in"], args["p_out"])
     for result in write_experts(list(args["groundtruth"]), spec, seed=args["seed"],
-                                num_classes=args["num_classes"]):
+                                num_classes=args["num_classes"],
+                                missing_rate=args["missing_rate"]):
         detail = "".join(f", {key.replace('_', ' ')} {result[key]:.4f}"
                          for key in ("accuracy_in", "accuracy_out") if result.get(key) is not None)
+        missing = f" ({result['num_missing']} left without one)" if result["num_missing"] else ""
         print(f"{result['path']}: accuracy {result['accuracy']:.4f} on "
-              f"{result['num_samples']} images{detail}")
+              f"{result['num_samples']} annotated images{missing}{detail}")
 
 
 def run_plot_command(args: dict) -> None:
@@ -378,18 +405,24 @@ def run_demo_command(args: dict) -> None:
         test_files=tuple(manifests["test_experts"]),
         test_groundtruth_file=manifests["test_groundtruth"],
         clf_width=8, dfr_width=8, batch_size=64, lr=0.05, num_epochs=args["num_epochs"],
-        seed=args["seed"],
+        seed=args["seed"], **DEMO_DEFERRAL,
     ).validate()
     start_jax(config)
     from l2d import metrics, train
 
     m = train.train(config)
-    print(f"system accuracy {m[metrics.ACCURACY]:.3f} at coverage {m[metrics.COVERAGE]:.3f} "
+    experts = range(len(config.train_files))
+    system = m[metrics.ACCURACY]
+    alone = [m[metrics.CLF_ACCURACY], *(m[metrics.expert_accuracy_alone(k)] for k in experts)]
+    print(f"system accuracy {system:.3f} at coverage {m[metrics.COVERAGE]:.3f} "
           f"(share kept by the classifier)\n"
           f"classifier alone {m[metrics.CLF_ACCURACY]:.3f}; "
           + "; ".join(f"expert {k} alone {m[metrics.expert_accuracy_alone(k)]:.3f} "
-                      f"(receives {m[metrics.expert_share(k)]:.3f})"
-                      for k in range(len(config.train_files)))
+                      f"(receives {m[metrics.expert_share(k)]:.3f})" for k in experts)
+          + ("\ndeferral pays off: the system is more accurate than the classifier alone and "
+             "than every expert alone" if system > max(alone) else
+             "\ndeferral does not pay off in this run: the classifier or an expert alone is at "
+             "least as accurate as the system")
           + f"\nsee the run: mlflow ui --backend-store-uri {train.resolve_tracking_uri(None)}"
           " then open http://127.0.0.1:5000")
 

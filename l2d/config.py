@@ -12,12 +12,16 @@ MODEL_NAMES = ("cnn", "preact_resnet10")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 E_STEPS = ("exact", "mc")
 CLF_WEIGHTINGS = ("posterior", "uniform")
+TEST_WORKLOADS = ("argmax", "enforce")
+MISSING_MODES = ("exclude", "model")
 
 # The flags (config fields) each --method reads; giving one that belongs only to another method
 # is an error rather than silently ignored. Keys are the method names of ``l2d.methods.METHODS``.
 METHOD_FIELDS: dict[str, frozenset[str]] = {
     "em": frozenset({"clf_model", "clf_width", "dfr_model", "dfr_width", "e_step", "mc_samples",
-                     "expert_smoothing", "clf_weighting"}),
+                     "expert_smoothing", "clf_weighting", "max_share", "min_share",
+                     "test_workload", "allow_missing_annotations", "missing", "ann_model",
+                     "ann_width"}),
     "softmax": frozenset({"model", "width"}),
     "ova": frozenset({"model", "width"}),
 }
@@ -42,6 +46,31 @@ RUNTIME_FIELDS = frozenset(
         "process_id",
     }
 )
+
+
+def check_share_bounds(min_share, max_share, num_options: int) -> None:
+    """L2DError naming the flag when no assignment of inputs can meet the workload bounds."""
+
+    def fail(flag: str, values, problem: str) -> None:
+        raise L2DError(f"--{flag}={','.join(f'{v:g}' for v in values)}: {problem}")
+
+    for flag, values in (("min-share", min_share), ("max-share", max_share)):
+        if values is None:
+            continue
+        if len(values) != num_options:
+            fail(flag, values, f"gives {len(values)} numbers, needs {num_options}: one per "
+                 "expert of --train-files, then the classifier")
+        if not all(0 <= v <= 1 for v in values):
+            fail(flag, values, "every share must be in [0, 1]")
+    if min_share is not None and max_share is not None:
+        for option, (low, high) in enumerate(zip(min_share, max_share)):
+            if low > high:
+                fail("min-share", min_share, f"option {option}'s minimum {low:g} is above its "
+                     f"--max-share {high:g}")
+    if min_share is not None and sum(min_share) > 1 + 1e-6:
+        fail("min-share", min_share, f"the minimums add up to {sum(min_share):g} > 1")
+    if max_share is not None and sum(max_share) < 1 - 1e-6:
+        fail("max-share", max_share, f"the maximums add up to {sum(max_share):g} < 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +111,19 @@ class TrainConfig:
     expert_smoothing: float = 0.0
     # Classifier loss weights: q(classifier) as in the original, or 1 for every sample.
     clf_weighting: str = "posterior"
+    # Workload bounds of EM: per option (the experts in --train-files order, then the
+    # classifier) the share of each batch the E-step may assign to it; None leaves it unbounded.
+    max_share: tuple[float, ...] | None = None
+    min_share: tuple[float, ...] | None = None
+    # Test-time routing: the gate's argmax per input, or the whole split assigned at once so
+    # that the shares meet the bounds.
+    test_workload: str = "argmax"
+    # Expert manifests may lack files or give "label": null; EM then leaves a missing expert out
+    # of that input's E-step ("exclude"), or models p(t_k | x) with a third network ("model").
+    allow_missing_annotations: bool = False
+    missing: str = "exclude"
+    ann_model: str = "cnn"
+    ann_width: int | None = None
     # 4-pixel pad + random crop + horizontal flip of training images.
     augment: bool = False
     # Per-channel normalisation of pixels in [0, 1]; None computes it from the training set.
@@ -144,7 +186,7 @@ class TrainConfig:
             )
         if self.method not in METHOD_NAMES:
             fail("method", self.method, f"unknown method; choose one of {METHOD_NAMES}")
-        for name in ("clf_model", "dfr_model", "model"):
+        for name in ("clf_model", "dfr_model", "model", "ann_model"):
             if getattr(self, name) not in MODEL_NAMES:
                 fail(name, getattr(self, name), f"unknown model; choose one of {MODEL_NAMES}")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -161,12 +203,21 @@ class TrainConfig:
             fail("e_step", self.e_step, f"choose one of {E_STEPS}")
         if self.clf_weighting not in CLF_WEIGHTINGS:
             fail("clf_weighting", self.clf_weighting, f"choose one of {CLF_WEIGHTINGS}")
+        if self.test_workload not in TEST_WORKLOADS:
+            fail("test_workload", self.test_workload, f"choose one of {TEST_WORKLOADS}")
+        check_share_bounds(self.min_share, self.max_share, len(self.train_files) + 1)
+        if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
+            fail("test_workload", self.test_workload, "needs --max-share or --min-share")
+        if self.missing not in MISSING_MODES:
+            fail("missing", self.missing, f"choose one of {MISSING_MODES}")
+        if self.missing != "exclude" and not self.allow_missing_annotations:
+            fail("missing", self.missing, "only with --allow-missing-annotations")
         positive_ints = ("batch_size", "num_epochs", "mc_samples", "checkpoint_every",
                          "keep_checkpoints", "prefetch_size", "num_threads")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 fail(name, getattr(self, name), "must be at least 1")
-        for name in ("num_classes", "clf_width", "dfr_width", "width"):
+        for name in ("num_classes", "clf_width", "dfr_width", "width", "ann_width"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(name, value, "must be at least 1")
@@ -206,7 +257,8 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        tuples = {"train_files", "test_files", "norm_mean", "norm_std", "image_shape"}
+        tuples = {"train_files", "test_files", "norm_mean", "norm_std", "image_shape",
+                  "max_share", "min_share"}
         return cls(**{
             k: tuple(v) if k in tuples and v is not None else v
             for k, v in values.items() if k in known

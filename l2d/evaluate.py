@@ -1,93 +1,119 @@
-"""Evaluation of any method: a masked, jitted step that sums counts and keeps per-input margins.
+"""Evaluation of any method on a whole split: per-input outputs, routing, counts and the curve.
 
-Counts are summed on the device over all batches and divided once at the end, so padded rows
-(mask 0) never count and no batch is weighted differently from another. For the
-accuracy-coverage curve the step also returns, per input, the classifier's score margin over the
-best expert and whether the classifier and that expert are right (see ``l2d.accuracy_coverage``).
+A jitted step runs the method's ``decide`` on each batch (eval-mode BatchNorm) and keeps, per
+input, the option scores and the classifier's class; they are fetched once per split. Routing
+then sees the whole split at once, on the host: each input goes to its highest-scored available
+option (the classifier, and the experts whose annotation the manifest has: an expert without one
+is not there to ask), or, with workload bounds enforced, the split is assigned as a whole
+(``l2d.workload``). Counts are summed over the split and divided once at the end.
 """
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from l2d.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
 from l2d.methods import Method
+from l2d.methods.base import MISSING
 from l2d.preprocess import normalise
+from l2d.workload import assign_with_bounds
 
 
-def zero_eval_counts(num_classes: int, num_experts: int) -> dict[str, jax.Array]:
-    options = num_experts + 1
-    return {
-        "samples": jnp.zeros((), jnp.float32),
-        "system_correct": jnp.zeros((), jnp.float32),
-        "clf_correct": jnp.zeros((), jnp.float32),
-        "expert_correct": jnp.zeros((num_experts,), jnp.float32),
-        # Per option (experts then classifier): inputs routed to it, and correct among them.
-        "routed": jnp.zeros((options,), jnp.float32),
-        "routed_correct": jnp.zeros((options,), jnp.float32),
-        # [C, K + 1]: inputs of each true class routed to each option.
-        "class_routed": jnp.zeros((num_classes, options), jnp.float32),
-    }
-
-
-def system_predictions(scores: jax.Array, class_logits: jax.Array,
-                       expert_labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Test-time decision: the chosen option ``argmax scores`` and the system's label, ``[B]``.
-
-    The label is the chosen expert's annotation, or the classifier's argmax when the classifier
-    (the last option) is chosen.
-    """
-    chosen = jnp.argmax(scores, axis=-1)
-    num_experts = expert_labels.shape[-1]
-    expert_choice = jnp.minimum(chosen, num_experts - 1)
-    expert_label = jnp.take_along_axis(expert_labels, expert_choice[:, None], axis=-1)[:, 0]
-    prediction = jnp.where(chosen == num_experts, jnp.argmax(class_logits, axis=-1), expert_label)
-    return chosen, prediction
-
-
-def make_eval_step(
-    graphdef: nnx.GraphDef, *, method: Method, num_classes: int, channel_mean: jax.Array,
-    channel_std: jax.Array, replicated: jax.sharding.Sharding,
+def make_predict_step(
+    graphdef: nnx.GraphDef, *, method: Method, channel_mean: jax.Array, channel_std: jax.Array,
+    replicated: jax.sharding.Sharding,
 ) -> Callable:
-    """Build ``step(state, counts, batch) -> (counts, per_input)`` (eval-mode BatchNorm, jitted).
+    """Build ``step(state, batch) -> {"scores": [B, K + 1], "class_prediction": [B]}``, jitted,
+    its output ``replicated`` over the devices the batch is sharded over."""
 
-    ``per_input`` holds ``margin``, ``clf_correct``, ``deferred_correct`` and ``mask``, each
-    ``[B]``. Both outputs stay ``replicated`` over the devices the batch is sharded over.
-    """
-
-    def step(state, counts, batch):
+    def step(state, batch):
         model, _ = nnx.merge(graphdef, state)
         model.eval()
         scores, class_logits = method.decide(
             model, normalise(batch["image"], channel_mean, channel_std))
-        expert_labels, labels = batch["expert_labels"], batch["label"]
-        chosen, prediction = system_predictions(scores, class_logits, expert_labels)
-        mask = batch["mask"].astype(jnp.float32)
-        correct = (prediction == labels).astype(jnp.float32)
-        clf_correct = (jnp.argmax(class_logits, -1) == labels).astype(jnp.float32)
-        routed = jax.nn.one_hot(chosen, scores.shape[-1]) * mask[:, None]
-        best_expert = jnp.argmax(scores[:, :-1], axis=-1)
-        best_expert_label = jnp.take_along_axis(expert_labels, best_expert[:, None], -1)[:, 0]
-        per_input = {
-            # In float32 whatever the compute dtype: bfloat16 would merge distinct margins.
-            "margin": scores[:, -1].astype(jnp.float32)
-            - jnp.max(scores[:, :-1], axis=-1).astype(jnp.float32),
-            "clf_correct": clf_correct,
-            "deferred_correct": (best_expert_label == labels).astype(jnp.float32),
-            "mask": mask,
-        }
-        counts = {
-            "samples": counts["samples"] + mask.sum(),
-            "system_correct": counts["system_correct"] + (mask * correct).sum(),
-            "clf_correct": counts["clf_correct"] + (mask * clf_correct).sum(),
-            "expert_correct": counts["expert_correct"]
-            + (mask[:, None] * (expert_labels == labels[:, None])).sum(0),
-            "routed": counts["routed"] + routed.sum(0),
-            "routed_correct": counts["routed_correct"] + (routed * correct[:, None]).sum(0),
-            "class_routed": counts["class_routed"]
-            + jax.nn.one_hot(labels, num_classes).T @ routed,
-        }
-        return counts, per_input
+        # In float32 whatever the compute dtype: bfloat16 would merge distinct scores.
+        return {"scores": scores.astype(jnp.float32),
+                "class_prediction": jnp.argmax(class_logits, axis=-1).astype(jnp.int32)}
 
-    return jax.jit(step, donate_argnums=(1,), out_shardings=(replicated, replicated))
+    return jax.jit(step, out_shardings=replicated)
+
+
+def available_options(expert_labels: np.ndarray) -> np.ndarray:
+    """bool ``[N, K + 1]``: the experts whose annotation exists, then the classifier (always)."""
+    present = np.asarray(expert_labels) != MISSING
+    return np.concatenate([present, np.ones((present.shape[0], 1), bool)], axis=1)
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - np.max(scores, axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+
+
+def route(scores: np.ndarray, available: np.ndarray,
+          share_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The chosen option per input ``[N]``: the argmax of the available options' scores, or,
+    given ``share_bounds`` (lo, hi), the assignment of the whole split that maximises the summed
+    log-probabilities (the scores' softmax over the available options) within the bounds."""
+    masked = np.where(available, scores, -np.inf)
+    if share_bounds is None:
+        return np.argmax(masked, axis=1)
+    return assign_with_bounds(log_softmax(masked), *share_bounds, available=available)
+
+
+def system_predictions(chosen: np.ndarray, class_prediction: np.ndarray,
+                       expert_labels: np.ndarray) -> np.ndarray:
+    """The system's label per input: the chosen expert's annotation, or the classifier's class
+    when the classifier (the last option) is chosen."""
+    num_experts = expert_labels.shape[1]
+    expert_label = np.take_along_axis(
+        expert_labels, np.minimum(chosen, num_experts - 1)[:, None], axis=1)[:, 0]
+    return np.where(chosen == num_experts, class_prediction, expert_label)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitEvaluation:
+    counts: dict[str, np.ndarray]  # See ``tally``; ``l2d.metrics.summarise`` reads them.
+    curve: AccuracyCoverageCurve
+
+
+def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int
+          ) -> dict[str, np.ndarray]:
+    """Counts over a split (every argument per input): the system's, the classifier's and each
+    expert's right answers, and the inputs routed to each option, by true class."""
+    options = expert_labels.shape[1] + 1
+    correct = system_predictions(chosen, class_prediction, expert_labels) == labels
+    routed = np.eye(options)[chosen]
+    present = expert_labels != MISSING
+    return {
+        "samples": np.float64(labels.size),
+        "system_correct": np.float64(correct.sum()),
+        "clf_correct": np.float64((class_prediction == labels).sum()),
+        "expert_correct": (expert_labels == labels[:, None]).sum(0).astype(np.float64),
+        # Inputs with each expert's annotation: an expert alone is measured on those.
+        "expert_present": present.sum(0).astype(np.float64),
+        "routed": routed.sum(0),
+        "routed_correct": (routed * correct[:, None]).sum(0),
+        "class_routed": np.eye(num_classes)[labels].T @ routed,
+    }
+
+
+def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_classes: int,
+                     share_bounds=None) -> SplitEvaluation:
+    """Route a split's inputs and count; the curve moves inputs between the classifier and its
+    best available expert (see ``l2d.accuracy_coverage``)."""
+    available = available_options(expert_labels)
+    chosen = route(scores, available, share_bounds)
+    masked = np.where(available, scores, -np.inf)
+    best_expert = np.argmax(masked[:, :-1], axis=1)
+    best_label = np.take_along_axis(expert_labels, best_expert[:, None], axis=1)[:, 0]
+    # An input no expert annotated has margin +inf: the classifier keeps it at every offset.
+    curve = accuracy_coverage_curve(
+        margin=masked[:, -1].astype(np.float64) - np.max(masked[:, :-1], axis=1),
+        clf_correct=class_prediction == labels, deferred_correct=best_label == labels)
+    counts = tally(chosen, class_prediction, labels, expert_labels, num_classes=num_classes)
+    return SplitEvaluation(counts, curve)

@@ -22,7 +22,11 @@ def expert_accuracy_received(k: int) -> str:
 
 
 def expert_accuracy_alone(k: int) -> str:
-    return f"expert_{k}/accuracy_alone"  # Expert k on every input.
+    return f"expert_{k}/accuracy_alone"  # Expert k on every input it annotated.
+
+
+def missing_annotations(split: str, k: int) -> str:
+    return f"missing/{split}/expert_{k}"  # Inputs of the split that expert k did not annotate.
 
 
 def safe_ratio(numerator: float, denominator: float) -> float:
@@ -44,7 +48,8 @@ def summarise(counts: dict[str, np.ndarray]) -> dict[str, float]:
     for k in range(num_experts):
         metrics[expert_share(k)] = safe_ratio(routed[k], samples)
         metrics[expert_accuracy_received(k)] = safe_ratio(routed_correct[k], routed[k])
-        metrics[expert_accuracy_alone(k)] = safe_ratio(counts["expert_correct"][k], samples)
+        metrics[expert_accuracy_alone(k)] = safe_ratio(counts["expert_correct"][k],
+                                                       counts["expert_present"][k])
     return metrics
 
 

@@ -21,7 +21,7 @@ from l2d import metrics
 from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
 from l2d.methods import METHODS
-from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
+from l2d.methods.base import MEASUREMENTS_TAG, TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
 from l2d.tracking import MlflowTracker, check_reachable
 
 # The run's free-text description, as MLflow stores it (``--run-description``).
@@ -54,10 +54,14 @@ COMMON_PLOTS = (
 )
 
 
-def method_plots(method: str) -> list[Plot]:
-    """The shared plots and one per training measurement of ``method``."""
+def method_plots(method: str, reported: str | None = None) -> list[Plot]:
+    """The shared plots and one per training measurement of ``method``: those named in
+    ``reported`` (the run's ``MEASUREMENTS_TAG``, comma-separated) if given, else all the
+    method may report."""
+    names = None if reported is None else set(reported.split(","))
     own = [Plot(f"{name.replace('/', '_')}.png", name, title, "loss" if "loss" in name else name)
-           for name, title in METHODS[method].measurements.items() if name != TRAIN_COVERAGE]
+           for name, title in METHODS[method].measurements.items()
+           if name != TRAIN_COVERAGE and (names is None or name in names)]
     return [*COMMON_PLOTS, *own]
 
 
@@ -119,7 +123,7 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
     if method not in METHODS:
         raise L2DError(f"run {run_id}: logged with method {method!r}, which this l2d does not "
                        f"know ({', '.join(METHODS)})")
-    plots = method_plots(method)
+    plots = method_plots(method, run.data.tags.get(MEASUREMENTS_TAG))
     curves = {}
     for plot in plots:
         history = tracker.client.get_metric_history(run_id, plot.metric)

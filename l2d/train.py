@@ -18,18 +18,26 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 from tqdm import tqdm
 
+import l2d
 from l2d import checkpoint
-from l2d.accuracy_coverage import CURVE_FILE, AccuracyCoverageCurve, accuracy_coverage_curve
+from l2d.accuracy_coverage import CURVE_FILE
 from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
 from l2d.errors import L2DError, TrainingDiverged
-from l2d.evaluate import make_eval_step, zero_eval_counts
+from l2d.evaluate import SplitEvaluation, evaluate_outputs, make_predict_step
 from l2d.methods import make_method
-from l2d.metrics import ACCURACY, AUC, COVERAGE, deferral_table, summarise
+from l2d.methods.base import MEASUREMENTS_TAG, MISSING
+from l2d.metrics import (
+    ACCURACY,
+    AUC,
+    COVERAGE,
+    deferral_table,
+    missing_annotations,
+    summarise,
+)
 from l2d.parallel import data_parallel
 from l2d.signals import StopRequests
 from l2d.system import build_state
@@ -42,6 +50,7 @@ from l2d.tracking import (
     resolve_tracking_uri,
 )
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
+from l2d.workload import share_bounds
 
 CONFIG_FILE = "config.json"
 
@@ -117,7 +126,8 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
         graphdef, state, start_epoch = initial_state(
             config, method, steps_per_epoch, parallel, opening, resume_run_id)
-        train_step, eval_step = compiled_steps(config, method, dataset, graphdef, state, parallel)
+        train_step, predict_step = compiled_steps(config, method, dataset, graphdef, state,
+                                                  parallel)
         tracker = opening.result()
 
     with StopRequests() as stop, tracker.run(
@@ -132,15 +142,19 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             unused = config.unused_fields()
             tracker.log_params({k: v for k, v in config.to_dict().items() if k not in unused})
             tracker.log_dict(config.to_dict(), CONFIG_FILE)
-            tracker.set_tags({"checkpoints": str(folder / "checkpoints")})
+            tracker.set_tags({"checkpoints": str(folder / "checkpoints"),
+                              MEASUREMENTS_TAG: ",".join(method.measurements)})
+            if config.allow_missing_annotations:
+                tracker.log_metrics({**missing_counts("train", dataset.train),
+                                     **missing_counts("test", dataset.test)}, step=0)
         if parallel.is_main:
             print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
                   + ("" if tracker.uri.startswith("http") else
                      f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
                   file=sys.stderr)
         try:
-            metrics, counts = fit(config, method, dataset, train_step, eval_step, state, tracker,
-                                  manager, stop, parallel, start_epoch=start_epoch,
+            metrics, counts = fit(config, method, dataset, train_step, predict_step, state,
+                                  tracker, manager, stop, parallel, start_epoch=start_epoch,
                                   steps_per_epoch=steps_per_epoch)
         finally:
             manager.wait_until_finished()
@@ -151,8 +165,21 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     return metrics
 
 
+def missing_counts(split_name: str, split) -> dict[str, float]:
+    """How many inputs of ``split`` each expert did not annotate, as metrics."""
+    missing = (split.expert_labels == MISSING).sum(0)
+    return {missing_annotations(split_name, k): float(n) for k, n in enumerate(missing)}
+
+
+def test_share_bounds(config: TrainConfig):
+    """The (lo, hi) shares the test split is assigned under, or None for the gate's argmax."""
+    if config.test_workload != "enforce":
+        return None
+    return share_bounds(config.min_share, config.max_share, len(config.train_files) + 1)
+
+
 def compiled_steps(config, method, dataset, graphdef, state, parallel):
-    """The jitted training and evaluation steps, the training step already compiled.
+    """The jitted training and prediction steps, the training step already compiled.
 
     Compiling here, before the MLflow run is opened, lets it overlap the opening of the store;
     the first training step then runs at once.
@@ -161,8 +188,8 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
     train_step = make_train_step(graphdef, method=method, seed=config.seed,
                                  augment_images=config.augment, channel_mean=mean,
                                  channel_std=std, replicated=parallel.replicated)
-    eval_step = make_eval_step(graphdef, method=method, num_classes=dataset.num_classes,
-                               channel_mean=mean, channel_std=std, replicated=parallel.replicated)
+    predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
+                                     replicated=parallel.replicated)
     local_rows = config.batch_size // parallel.shard[1]
     example = parallel.put_batch({
         "image": np.zeros((local_rows, *dataset.image_shape), np.uint8),
@@ -170,10 +197,10 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
         "expert_labels": np.zeros((local_rows, dataset.num_experts), np.int32),
     })
     train_step.lower(state, parallel.replicate(zero_train_totals(method)), example, 0).compile()
-    return train_step, eval_step
+    return train_step, predict_step
 
 
-def fit(config, method, dataset, train_step, eval_step, state, tracker, manager, stop, parallel,
+def fit(config, method, dataset, train_step, predict_step, state, tracker, manager, stop, parallel,
         *, start_epoch, steps_per_epoch):
     """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
 
@@ -183,11 +210,11 @@ def fit(config, method, dataset, train_step, eval_step, state, tracker, manager,
     quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
 
     def evaluate_and_log_curve(state, epoch):
-        counts, curve = evaluate_split(eval_step, state, dataset.test, dataset.test_images,
-                                       num_classes=dataset.num_classes, config=config,
-                                       parallel=parallel)
-        tracker.log_dict({"epoch": epoch, **curve.to_json()}, CURVE_FILE)
-        return {**summarise(counts), AUC: curve.area()}, counts
+        evaluation = evaluate_split(predict_step, state, dataset.test, dataset.test_images,
+                                    num_classes=dataset.num_classes, config=config,
+                                    parallel=parallel)
+        tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
+        return {**summarise(evaluation.counts), AUC: evaluation.curve.area()}, evaluation.counts
 
     metrics, counts = {}, {}
     epochs = tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
@@ -240,34 +267,31 @@ def fit(config, method, dataset, train_step, eval_step, state, tracker, manager,
 
 
 def report_first_step(totals, tracker) -> None:
-    """Print and log the seconds from process start to the end of the first training step.
+    """Print and log the seconds from the start of the l2d command (``l2d.IMPORTED_AT``) to the
+    end of the first training step.
 
     The one host sync outside the end of an epoch: it measures start-up (imports, decoding,
     initialisation, compilation), which the persistent compilation cache shortens.
     """
     jax.block_until_ready(totals)
-    seconds = time.time() - psutil.Process().create_time()
+    seconds = time.time() - l2d.IMPORTED_AT
     print(f"l2d: first training step done {seconds:.1f} s after launch", file=sys.stderr)
     tracker.log_metrics({"startup/first_step_s": seconds}, step=0)
 
 
-def evaluate_split(eval_step, state, split, images, *, num_classes, config, parallel
-                   ) -> tuple[dict[str, np.ndarray], AccuracyCoverageCurve]:
-    """Summed evaluation counts of ``split`` and its accuracy-coverage curve, each process
-    feeding its rows of every batch."""
+def evaluate_split(predict_step, state, split, images, *, num_classes, config, parallel
+                   ) -> SplitEvaluation:
+    """Route every input of ``split`` (each process feeding its rows of every batch) and count."""
     batches = eval_batches(split, images, batch_size=config.batch_size,
                            prefetch_size=config.prefetch_size, num_threads=config.num_threads,
                            shard=parallel.shard)
-    counts = parallel.replicate(zero_eval_counts(num_classes, split.num_experts))
-    per_batch = []
-    for batch in batches:
-        counts, per_input = eval_step(state, counts, parallel.put_batch(batch))
-        per_batch.append(per_input)  # Fetched once at the end: no host sync per batch.
-    per_input = {name: np.concatenate([values[name] for values in parallel.fetch(per_batch)])
-                 for name in per_batch[0]}
-    kept = per_input.pop("mask") > 0
-    curve = accuracy_coverage_curve(**{name: values[kept] for name, values in per_input.items()})
-    return parallel.fetch(counts), curve
+    # Fetched once at the end: no host sync per batch. The padding rows come last.
+    outputs = parallel.fetch([predict_step(state, parallel.put_batch(batch))
+                              for batch in batches])
+    scores, class_prediction = (np.concatenate([out[name] for out in outputs])[:split.num_samples]
+                                for name in ("scores", "class_prediction"))
+    return evaluate_outputs(scores, class_prediction, split.labels, split.expert_labels,
+                            num_classes=num_classes, share_bounds=test_share_bounds(config))
 
 
 def test(config: TrainConfig, run_id: str) -> dict[str, float]:
@@ -291,15 +315,17 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
         run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed,
         method=config.method)
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    eval_step = make_eval_step(graphdef, method=method, num_classes=config.num_classes,
-                               channel_mean=mean, channel_std=std, replicated=parallel.replicated)
-    counts, curve = evaluate_split(eval_step, state, test_split, test_images,
-                                   num_classes=config.num_classes, config=config,
-                                   parallel=parallel)
-    metrics = {**summarise(counts), AUC: curve.area()}
+    predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
+                                     replicated=parallel.replicated)
+    evaluation = evaluate_split(predict_step, state, test_split, test_images,
+                                num_classes=config.num_classes, config=config, parallel=parallel)
+    metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
+    if config.allow_missing_annotations:
+        metrics.update(missing_counts("test", test_split))
     result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
-              "test_files": list(config.test_files), "metrics": metrics,
-              "deferral_table": deferral_table(counts), "accuracy_coverage": curve.to_json()}
+              "test_files": list(config.test_files), "test_workload": config.test_workload,
+              "metrics": metrics, "deferral_table": deferral_table(evaluation.counts),
+              "accuracy_coverage": evaluation.curve.to_json()}
     name = Path(config.test_groundtruth_file).stem
     tracker.log_dict_to(run_id, result, f"test/{name}_epoch_{epoch}.json")
     print(json.dumps(json_safe({"checkpoint_epoch": epoch, **metrics}), indent=2))

@@ -1,11 +1,10 @@
 """Accuracy-coverage curves: exact points, their ends, the default decision, ties and the area."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from l2d.accuracy_coverage import accuracy_coverage_curve
-from l2d.evaluate import system_predictions
+from l2d.evaluate import evaluate_outputs
 
 # Five inputs, two experts and the classifier (last column); scores, labels and annotations.
 SCORES = np.array([[2.0, 0.0, 1.0],   # expert 0 best, margin -1
@@ -34,12 +33,14 @@ def test_ends_are_all_deferred_and_classifier_alone_and_the_default_point_is_on_
                             for i in range(5)])
     assert (curve.coverage[0], curve.accuracy[0]) == (0.0, all_deferred) == (0.0, 0.4)
     assert (curve.coverage[-1], curve.accuracy[-1]) == (1.0, np.mean(clf_correct)) == (1.0, 0.6)
-    chosen, prediction = system_predictions(jnp.asarray(SCORES), jnp.asarray(CLASS_LOGITS),
-                                            jnp.asarray(EXPERT_LABELS))
-    default = (np.mean(np.asarray(chosen) == 2), np.mean(np.asarray(prediction) == LABELS))
+    evaluation = evaluate_outputs(SCORES, CLASS_LOGITS.argmax(-1), LABELS, EXPERT_LABELS,
+                                  num_classes=3)
+    counts = evaluation.counts
+    default = (counts["routed"][-1] / 5, counts["system_correct"] / 5)
     assert default == (0.4, 0.8)
     points = list(zip(curve.coverage.tolist(), curve.accuracy.tolist()))
     assert default in points
+    np.testing.assert_allclose(evaluation.curve.accuracy, curve.accuracy)
     # Margins 2, 0.5, -0.1, -1, -1: the two equal margins are kept together (no 0.8 coverage).
     np.testing.assert_allclose(curve.coverage, [0, 0.2, 0.4, 0.6, 1.0])
     np.testing.assert_allclose(curve.accuracy, [0.4, 0.6, 0.8, 0.6, 0.6])
@@ -67,3 +68,16 @@ def test_points_are_exactly_those_of_a_sweep_over_every_offset():
 def test_an_empty_split_is_refused():
     with pytest.raises(ValueError, match="at least one input"):
         accuracy_coverage_curve(np.array([]), np.array([]), np.array([]))
+
+
+def test_missing_annotations_route_among_the_experts_present():
+    # Input 0's best expert (0) gave no annotation: expert 1 (score 0) takes its place and
+    # the classifier (score 1) keeps it; input 4 has no annotation at all: always kept.
+    expert_labels = EXPERT_LABELS.copy()
+    expert_labels[0, 0] = -1
+    expert_labels[4] = -1
+    evaluation = evaluate_outputs(SCORES, CLASS_LOGITS.argmax(-1), LABELS, expert_labels,
+                                  num_classes=3)
+    np.testing.assert_array_equal(evaluation.counts["routed"], [1, 0, 4])
+    np.testing.assert_array_equal(evaluation.counts["expert_present"], [3, 4])
+    assert evaluation.curve.coverage[0] == pytest.approx(0.2)  # Input 4 is never deferred.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2d.evaluate import system_predictions
+from l2d.evaluate import available_options, route, system_predictions
 from l2d.methods import em
 
 # Two inputs, three classes, two experts. Input 0: expert 0 right, expert 1 wrong.
@@ -119,6 +119,8 @@ def test_system_predictions_follow_the_gate():
     gate_logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
     expert_labels = jnp.array([[4, 5], [4, 5], [4, 5]])
     clf_logits = jax.nn.one_hot(jnp.array([1, 1, 7]), 8)
-    chosen, prediction = system_predictions(gate_logits, clf_logits, expert_labels)
+    expert_labels = np.asarray(expert_labels)
+    chosen = route(np.asarray(gate_logits), available_options(expert_labels))
+    prediction = system_predictions(chosen, np.asarray(clf_logits).argmax(-1), expert_labels)
     np.testing.assert_array_equal(chosen, [0, 1, 2])
     np.testing.assert_array_equal(prediction, [4, 5, 7])

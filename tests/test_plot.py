@@ -11,8 +11,8 @@ from mlflow.entities import Metric
 from l2d import metrics
 from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
-from l2d.methods import em
-from l2d.methods.base import TRAIN_COVERAGE
+from l2d.methods import METHODS, em
+from l2d.methods.base import MEASUREMENTS_TAG, TRAIN_COVERAGE
 from l2d.methods.one_network import SURROGATE_LOSS
 from l2d.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
 from l2d.tracking import MlflowTracker
@@ -26,10 +26,14 @@ def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = 
     """Per-epoch metrics and the last accuracy-coverage curve shaped like a real run's, with
     step = epochs finished."""
     client.log_param(run_id, "method", method)
+    # EM without --missing model reports no annotation loss.
+    reported = ",".join(name for name in METHODS[method].measurements
+                        if name != em.ANNOTATION_LOSS)
+    client.set_tag(run_id, MEASUREMENTS_TAG, reported)
     for epoch in range(1, EPOCHS + 1):
         client.log_batch(run_id, metrics=[
             Metric(plot.metric, epoch_value(plot.metric, epoch, offset), 1000 * epoch, epoch)
-            for plot in method_plots(method) if plot.metric != skip])
+            for plot in method_plots(method, reported) if plot.metric != skip])
     coverage = epoch_value(metrics.COVERAGE, EPOCHS, offset)
     client.log_dict(run_id, {"epoch": EPOCHS, "coverage": [0.0, coverage, 1.0],
                              "accuracy": [0.5, epoch_value(metrics.ACCURACY, EPOCHS, offset), 0.4],
@@ -107,7 +111,7 @@ def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
 
 def test_without_log_artifacts_nothing_is_logged(store, tmp_path):
     plot_runs(store.uri, [store.quiet], tmp_path, log_artifacts=False)
-    assert len(list(tmp_path.glob("*.png"))) == len(method_plots("em")) + 1
+    assert len(list(tmp_path.glob("*.png"))) == 7  # Six metric plots and the curves.
     assert [a.path for a in store.client.list_artifacts(store.quiet)] == [
         "accuracy_coverage.json"]
     assert store.client.get_run(store.quiet).info.status == "RUNNING"

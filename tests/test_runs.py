@@ -18,6 +18,7 @@ from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
 from l2d import metrics
+from l2d.data.manifest import read_manifest
 from l2d.methods import em
 from l2d.methods.base import TRAIN_COVERAGE
 from l2d.methods.one_network import SURROGATE_LOSS
@@ -156,6 +157,53 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     assert refused.stderr.strip().splitlines() == [
         f"l2d: error: {checkpoints / '2'}: made with --method {method}, not {other}; it cannot "
         f"be resumed or evaluated as {other}"]
+
+
+def test_em_with_missing_annotations_and_workload_bounds_trains_tests_and_resumes(
+        dataset, tmp_path):
+    # Half of expert 0's annotations are missing in both splits: omitted, or "label": null.
+    data = dict(dataset)
+    for split, size in (("train", 40), ("test", 12)):
+        entries = [{"file": file, "label": label} for file, label in
+                   read_manifest(dataset[f"{split}_experts"][0])]
+        for entry in entries[: size // 4]:
+            entry["label"] = None
+        path = tmp_path / f"{split}_expert_0_half.json"
+        path.write_text(json.dumps(entries[: 3 * size // 4]))
+        data[f"{split}_experts"] = [str(path), dataset[f"{split}_experts"][1]]
+    bounds = ["--max-share", "0.25,0.5,1", "--test-workload", "enforce"]
+    argv = train_argv(data, "--allow-missing-annotations", "--missing", "model",
+                      "--ann-width", "2", *bounds, "--batch-size", "8", "--num-epochs", "2",
+                      "--checkpoint-every", "1")
+    run_cli(argv, tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics[metrics.missing_annotations("train", 0)] == 20
+    assert run.data.metrics[metrics.missing_annotations("test", 0)] == 6
+    assert run.data.metrics[metrics.missing_annotations("test", 1)] == 0
+    assert [m.step for m in client.get_metric_history(run_id, em.ANNOTATION_LOSS)] == [1, 2]
+    final = final_metrics(client, run_id, tmp_path)
+    # Enforced on the 12 test inputs: expert 0 takes at most 3, expert 1 at most 6.
+    assert final[metrics.expert_share(0)] <= 3 / 12 and final[metrics.expert_share(1)] <= 6 / 12
+    assert final[metrics.expert_accuracy_alone(0)] == pytest.approx(
+        np.mean([label == truth for (_, label), (_, truth) in zip(
+            read_manifest(data["test_experts"][0], allow_null_labels=True)[3:],
+            read_manifest(dataset["test_groundtruth"])[3:9])]))
+
+    result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
+                     tmp_path)
+    printed = json.loads(result.stdout)
+    assert printed.pop(metrics.missing_annotations("test", 0)) == 6
+    assert printed.pop(metrics.missing_annotations("test", 1)) == 0
+    assert printed.pop("checkpoint_epoch") == 2
+    np.testing.assert_equal(printed, final)
+
+    shutil.rmtree(tmp_path / "artifacts" / run_id / "checkpoints" / "2")
+    run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id], tmp_path)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), final)
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -40,14 +40,16 @@ class Dataset:
 
 def load_test_split(config: TrainConfig, num_classes: int) -> tuple[SplitRecords, DecodedImages]:
     """The test manifests of a run whose number of classes is known, checked and decoded."""
-    test = load_split(config.test_groundtruth_file, config.test_files)
+    test = load_split(config.test_groundtruth_file, config.test_files,
+                      allow_missing=config.allow_missing_annotations)
     check_labels(test, num_classes)
     return test, decode_all(test, num_threads=config.num_threads, keep=config.cache_images)
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
     """Read, align and check every manifest of both splits, then decode every image once."""
-    train = load_split(config.train_groundtruth_file, config.train_files)
+    train = load_split(config.train_groundtruth_file, config.train_files,
+                       allow_missing=config.allow_missing_annotations)
     num_classes = infer_num_classes(train, config.num_classes)
     check_labels(train, num_classes)
     train_images = decode_all(train, num_threads=config.num_threads, keep=config.cache_images)

@@ -14,7 +14,9 @@ behaves the same on the train and the test manifests (a file listed under the sa
 in two manifests gets the same answer).
 
 ``write_experts`` writes ``<prefix>_<name>_<seed>.json`` beside each ground-truth manifest, e.g.
-``train_random_noise_0.3_44.json`` or ``train_specialist_0-4_1.0_0.1_44.json``.
+``train_random_noise_0.3_44.json`` or ``train_specialist_0-4_1.0_0.1_44.json``. With a missing
+rate R it leaves out the annotations of round(R N) files of each manifest, chosen by a third
+hash of the same kind (``..._missing_0.3_44.json``), for training with missing annotations.
 """
 
 from __future__ import annotations
@@ -181,9 +183,11 @@ def class_specialist(labels: np.ndarray, classes, p_in: float, p_out: float, num
     return _answer(labels, np.where(inside, p_in, p_out), num_classes, uniforms)
 
 
-def sample_uniforms(keys: list[str], seed: int, spec: ExpertSpec) -> np.ndarray:
-    """float64 [N, 2] in [0, 1): two uniforms per key from BLAKE2b(seed, spec.name, key)."""
-    prefix = f"l2d-expert\0{int(seed)}\0{spec.name}\0".encode()
+def sample_uniforms(keys: list[str], seed: int, spec: ExpertSpec,
+                    stream: str = "") -> np.ndarray:
+    """float64 [N, 2] in [0, 1): two uniforms per key from BLAKE2b(seed, spec.name, key), or
+    from another ``stream`` of them (e.g. which annotations go missing)."""
+    prefix = f"l2d-expert\0{int(seed)}\0{spec.name}\0{stream + chr(0) if stream else ''}".encode()
     digests = b"".join(
         hashlib.blake2b(prefix + key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         for key in keys
@@ -192,23 +196,33 @@ def sample_uniforms(keys: list[str], seed: int, spec: ExpertSpec) -> np.ndarray:
     return (words >> np.uint64(11)).astype(np.float64) * _UNIT
 
 
-def _output_name(groundtruth: Path, spec: ExpertSpec, seed: int) -> Path:
+def _output_name(groundtruth: Path, spec: ExpertSpec, seed: int, missing_rate: float) -> Path:
     name = groundtruth.name
     for suffix in ("_groundtruth.json", ".json"):
         if name.endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
             break
-    return groundtruth.with_name(f"{name}_{spec.name}_{seed}.json")
+    missing = f"_missing_{missing_rate!r}" if missing_rate else ""
+    return groundtruth.with_name(f"{name}_{spec.name}{missing}_{seed}.json")
+
+
+def annotated(keys: list[str], seed: int, spec: ExpertSpec, missing_rate: float) -> np.ndarray:
+    """bool [N]: the files that keep their annotation, all but round(missing_rate N) of them."""
+    drop = np.argsort(sample_uniforms(keys, seed, spec, stream="missing")[:, 0], kind="stable")
+    kept = np.ones(len(keys), bool)
+    kept[drop[:round(missing_rate * len(keys))]] = False
+    return kept
 
 
 def write_experts(groundtruth_paths: list[str], spec: ExpertSpec, *, seed: int,
-                  num_classes: int | None = None) -> list[dict]:
+                  num_classes: int | None = None, missing_rate: float = 0.0) -> list[dict]:
     """Write one expert manifest beside each ground-truth manifest (same files, same order).
 
     C = max label + 1 over all the given ground truths unless ``num_classes`` is given. Returns
     per manifest ``{"path": str, "num_samples": int, "accuracy": float}``, plus for a specialist
     ``"accuracy_in"`` / ``"accuracy_out"`` (on samples whose true class is / is not one of its
-    classes; None where there is no such sample), measured on the written labels.
+    classes; None where there is no such sample), measured on the written labels, and
+    ``"num_missing"``, the files left without an annotation (``missing_rate`` in [0, 1)).
     """
     if not isinstance(spec, ExpertSpec):
         raise TypeError(f"spec must be an ExpertSpec, got {type(spec).__name__}")
@@ -218,6 +232,8 @@ def write_experts(groundtruth_paths: list[str], spec: ExpertSpec, *, seed: int,
         groundtruth_paths = [groundtruth_paths]
     if not groundtruth_paths:
         raise L2DError("no ground-truth manifest given")
+    if not 0 <= missing_rate < 1:
+        raise L2DError(f"--missing-rate={missing_rate}: must be in [0, 1)")
 
     manifests = []  # (path, raw file strings, keys, labels)
     for path in groundtruth_paths:
@@ -242,15 +258,16 @@ def write_experts(groundtruth_paths: list[str], spec: ExpertSpec, *, seed: int,
                        f"[0, {num_classes}) (num_classes={num_classes})")
     spec.check(num_classes)
 
-    outputs = [_output_name(path, spec, seed) for path, *_ in manifests]
+    outputs = [_output_name(path, spec, seed, missing_rate) for path, *_ in manifests]
     if len(set(outputs)) != len(outputs):
         raise L2DError(f"two ground-truth manifests would write the same expert file: {outputs}")
     results = []
     for (_, raw_files, keys, labels), out in zip(manifests, outputs):
         answers = spec.labels(labels, num_classes, sample_uniforms(keys, seed, spec))
+        kept = annotated(keys, seed, spec, missing_rate)
         text = "[\n" + ",\n".join(
             json.dumps({"file": file, "label": int(label)})
-            for file, label in zip(raw_files, answers.tolist())
+            for file, label, keep in zip(raw_files, answers.tolist(), kept) if keep
         ) + "\n]\n"
         temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:
@@ -259,9 +276,9 @@ def write_experts(groundtruth_paths: list[str], spec: ExpertSpec, *, seed: int,
         except OSError as e:
             temporary.unlink(missing_ok=True)
             raise L2DError(f"{out}: cannot write expert manifest: {e}") from None
-        right = answers == labels
+        right, labels = (answers == labels)[kept], labels[kept]
         result = {"path": str(out), "num_samples": len(labels),
-                  "accuracy": float(right.mean())}
+                  "num_missing": int((~kept).sum()), "accuracy": float(right.mean())}
         if spec.kind == "specialist":
             inside = np.isin(labels, spec.classes)
             result["accuracy_in"] = float(right[inside].mean()) if inside.any() else None

@@ -3,7 +3,8 @@
 A manifest is a JSON list ``[{"file": str, "label": int}, ...]``. Each split has one ground-truth
 manifest and K >= 1 expert manifests (expert k's label for each file). Expert labels are aligned
 with the ground truth BY FILE, never by position, and every expert must cover exactly the
-ground-truth files.
+ground-truth files, unless missing annotations are allowed: then an expert manifest may omit
+files of the ground truth or give ``"label": null``, and that expert's label is ``MISSING``.
 
 Relative ``file`` paths resolve against the folder that holds the manifest; absolute paths are used
 as is. Every problem is raised as a one-line :class:`~l2d.errors.L2DError` naming the manifest, the
@@ -21,6 +22,9 @@ import numpy as np
 
 from l2d.errors import L2DError
 
+# The expert label of an annotation that is not there (the same value as l2d.methods.base's,
+# which the data layer does not import: it would pull in JAX).
+MISSING = -1
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -32,7 +36,7 @@ class SplitRecords:
     expert_paths: tuple[str, ...]  # expert manifests, in expert order (column k = expert k)
     files: tuple[str, ...]  # absolute image paths, in ground-truth manifest order
     labels: np.ndarray  # int32 [N]: true label of files[i]
-    expert_labels: np.ndarray  # int32 [N, K]: expert k's label of files[i], matched by file
+    expert_labels: np.ndarray  # int32 [N, K]: expert k's label of files[i] or MISSING
 
     @property
     def num_samples(self) -> int:
@@ -49,8 +53,11 @@ def _entry(path: str, index: int, file: object | None = None) -> str:
     return where if file is None else f"{where} ({file!r})"
 
 
-def read_manifest(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Read and check one manifest; return ``(absolute file, label)`` pairs in manifest order."""
+def read_manifest(path: str | os.PathLike, *, allow_null_labels: bool = False
+                  ) -> list[tuple[str, int]]:
+    """Read and check one manifest; return ``(absolute file, label)`` pairs in manifest order.
+
+    With ``allow_null_labels``, ``"label": null`` reads as ``MISSING``."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -88,10 +95,12 @@ def read_manifest(path: str | os.PathLike) -> list[tuple[str, int]]:
         file, label = entry["file"], entry["label"]
         if not isinstance(file, str) or not file:
             raise L2DError(f"{_entry(path, i)}: 'file' must be a non-empty string, got {file!r}")
+        if label is None and allow_null_labels:
+            label = MISSING
         # bool is a subclass of int and 3.0 is a float: neither is a class index.
         if isinstance(label, bool) or not isinstance(label, int):
             raise L2DError(f"{_entry(path, i, file)}: 'label' must be an integer, got {label!r}")
-        if label < 0:
+        if label < 0 and not (allow_null_labels and label == MISSING and entry["label"] is None):
             raise L2DError(f"{_entry(path, i, file)}: label {label} is negative")
         if label > _INT32_MAX:
             raise L2DError(f"{_entry(path, i, file)}: label {label} is too large")
@@ -113,9 +122,13 @@ def _check_images_exist(path: str, records: list[tuple[str, int]]) -> None:
 
 
 def load_split(
-    groundtruth_path: str | os.PathLike, expert_paths: Sequence[str | os.PathLike]
+    groundtruth_path: str | os.PathLike, expert_paths: Sequence[str | os.PathLike], *,
+    allow_missing: bool = False,
 ) -> SplitRecords:
-    """Read a ground-truth manifest and K >= 1 expert manifests, aligned by file."""
+    """Read a ground-truth manifest and K >= 1 expert manifests, aligned by file.
+
+    With ``allow_missing`` an expert manifest may omit ground-truth files or give null labels:
+    those annotations are ``MISSING``."""
     groundtruth_path = os.fspath(groundtruth_path)
     if isinstance(expert_paths, (str, os.PathLike)):
         raise TypeError("expert_paths must be a sequence of paths, not a single path")
@@ -126,9 +139,9 @@ def load_split(
     truth = read_manifest(groundtruth_path)
     _check_images_exist(groundtruth_path, truth)
     row_of = {file: i for i, (file, _) in enumerate(truth)}
-    expert_labels = np.empty((len(truth), len(expert_paths)), dtype=np.int32)
+    expert_labels = np.full((len(truth), len(expert_paths)), MISSING, dtype=np.int32)
     for k, expert_path in enumerate(expert_paths):
-        expert = read_manifest(expert_path)
+        expert = read_manifest(expert_path, allow_null_labels=allow_missing)
         seen = np.zeros(len(truth), dtype=bool)
         for j, (file, label) in enumerate(expert):
             row = row_of.get(file)
@@ -139,11 +152,12 @@ def load_split(
                 )
             seen[row] = True
             expert_labels[row, k] = label
-        if not seen.all():
+        if not (allow_missing or seen.all()):
             row = int(np.argmin(seen))
             raise L2DError(
                 f"{expert_path}: has no entry for file {truth[row][0]!r} "
-                f"(ground-truth manifest {groundtruth_path}, entry {row})"
+                f"(ground-truth manifest {groundtruth_path}, entry {row}; "
+                "--allow-missing-annotations accepts that)"
             )
 
     labels = np.array([label for _, label in truth], dtype=np.int32)
@@ -186,7 +200,7 @@ def check_labels(split: SplitRecords, num_classes: int) -> None:
         )
     for k, expert_path in enumerate(split.expert_paths):
         column = split.expert_labels[:, k]
-        bad = (column < 0) | (column >= num_classes)
+        bad = ((column < 0) & (column != MISSING)) | (column >= num_classes)
         if bad.any():
             file = split.files[int(np.argmax(bad))]
             # Only on this error path: re-read the expert manifest to name its own entry index.

@@ -9,7 +9,8 @@ Notation: C classes, K experts. A method owns its network(s) and its loss; the r
 - ``loss(model, inputs, batch, key) -> (loss, measurements)``: the scalar to minimise on one
   training batch (model in training mode) and named scalars to report; the names are exactly
   ``measurements``' keys. ``inputs`` are the normalised (and augmented) images ``[B, H, W, C_in]``;
-  ``batch`` holds ``label`` ``[B]`` and ``expert_labels`` ``[B, K]``; ``key`` is a fresh PRNG key
+  ``batch`` holds ``label`` ``[B]`` and ``expert_labels`` ``[B, K]`` (``MISSING`` where an expert
+  gave no annotation, which only EM accepts); ``key`` is a fresh PRNG key
   per step for methods that sample.
 - ``decide(model, inputs) -> (scores, class_logits)``: ``scores`` ``[B, K + 1]``, higher is
   preferred, the experts first and the classifier last; the system defers to the expert with the
@@ -24,6 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# An expert label that is not there (--allow-missing-annotations).
+MISSING = -1
+
+# The MLflow tag of a run that lists (comma-separated) the training measurements it reports.
+MEASUREMENTS_TAG = "measurements"
+
 # Every method reports this training measurement (see ``training_coverage``).
 TRAIN_COVERAGE = "coverage/train"
 TRAIN_COVERAGE_DESCRIPTION = (
@@ -35,7 +42,8 @@ class Method(Protocol):
 
     # The --method name, recorded in the config and in every checkpoint.
     name: ClassVar[str]
-    # Training measurements returned by ``loss``: MLflow metric name -> plot title.
+    # Training measurements returned by ``loss``: MLflow metric name -> plot title. The class
+    # lists every one the method may report; an instance may report a subset.
     measurements: ClassVar[Mapping[str, str]]
 
     @classmethod

@@ -3,7 +3,13 @@
 Notation (see README, "The method"): C classes, K experts, a latent z in {expert_1..expert_K,
 classifier}; index K (the last) is the classifier. Shapes are given as ``[batch, ...]``.
 
-- E-step: q(z) = p(z | x, y, t) proportional to p(z | x) p(y | z, x), computed in log space.
+- E-step: q(z) = p(z | x, y, t) proportional to p(z | x) p(y | z, x), computed in log space;
+  with workload bounds, the posterior closest in KL whose batch shares meet them
+  (``l2d.workload``).
+- Missing annotations (expert label -1): under ``exclude`` that expert is no option for that
+  input (likelihood 0, and the gate's softmax renormalised over the options present); under
+  ``model`` its likelihood is an annotation network's p(t_k = y | x), trained on the annotations
+  that are present.
 - M-step: the classifier minimises its cross-entropy weighted by q(classifier); the gating model
   minimises the cross-entropy between its softmax and q, used as soft labels.
 
@@ -17,31 +23,59 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION, training_coverage
+from l2d.methods.base import (
+    MISSING,
+    TRAIN_COVERAGE,
+    TRAIN_COVERAGE_DESCRIPTION,
+    training_coverage,
+)
 from l2d.models import build_model
+from l2d.workload import project_log_posterior, share_bounds
 
 EStep = Literal["exact", "mc"]
 ClassifierWeighting = Literal["posterior", "uniform"]
+MissingMode = Literal["exclude", "model"]
 
 # EM's training measurements besides the shared coverage/train.
 CLF_LOSS = "loss/clf"
 GATE_LOSS = "loss/dfr"
+ANNOTATION_LOSS = "loss/annotation"  # Only with --missing model.
+
+
+def present(expert_labels: jax.Array) -> jax.Array:
+    """Which annotations exist, bool ``[batch, K]``."""
+    return expert_labels != MISSING
+
+
+def available_options(expert_labels: jax.Array) -> jax.Array:
+    """bool ``[batch, K + 1]``: the experts whose annotation exists, then the classifier."""
+    return jnp.concatenate(
+        [present(expert_labels), jnp.ones((expert_labels.shape[0], 1), bool)], axis=-1)
 
 
 def expert_log_likelihood(
-    expert_labels: jax.Array, labels: jax.Array, *, num_classes: int, smoothing: float
+    expert_labels: jax.Array, labels: jax.Array, *, num_classes: int, smoothing: float,
+    annotation_logits: jax.Array | None = None,
 ) -> jax.Array:
     """log p(y | z=k) for every expert k: ``[batch, K]``.
 
     With label smoothing eps an expert's annotation t_k is read as the distribution
     (1 - eps) onehot(t_k) + eps / C, so p(y | z=k) = 1 - eps + eps/C if t_k == y else eps/C.
     With eps = 0 a wrong expert gets -inf, which is exact: the posterior then gives it zero mass.
+    A missing annotation gives -inf too (``exclude``), or, given the annotation network's
+    ``annotation_logits`` ``[batch, K, C]``, its log p(t_k = y | x) (``model``).
     """
     correct = expert_labels == labels[:, None]
     p_correct = 1.0 - smoothing + smoothing / num_classes
     p_wrong = smoothing / num_classes
     # jnp.log(0.) is -inf without a warning or NaN; logsumexp in `posterior` handles it.
-    return jnp.where(correct, jnp.log(p_correct), jnp.log(p_wrong)).astype(jnp.float32)
+    observed = jnp.where(correct, jnp.log(p_correct), jnp.log(p_wrong)).astype(jnp.float32)
+    if annotation_logits is None:
+        unobserved = jnp.float32(-jnp.inf)
+    else:
+        log_probs = jax.nn.log_softmax(annotation_logits.astype(jnp.float32), axis=-1)
+        unobserved = jnp.take_along_axis(log_probs, labels[:, None, None], axis=-1)[..., 0]
+    return jnp.where(present(expert_labels), observed, unobserved)
 
 
 def classifier_log_likelihood(clf_logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -83,12 +117,20 @@ def e_step(
     method: EStep,
     mc_samples: int,
     key: jax.Array,
+    bounds: tuple[jax.Array, jax.Array] | None = None,
+    annotation_logits: jax.Array | None = None,
 ) -> jax.Array:
-    """q(z) as a probability table ``[batch, K + 1]``, with no gradient to either network."""
+    """q(z) as a probability table ``[batch, K + 1]``, with no gradient to any network.
+
+    ``bounds`` (lo, hi), each ``[K + 1]``, bound the batch means of q; ``annotation_logits``
+    model the missing annotations (see ``expert_log_likelihood``).
+    """
     expert_log_lik = expert_log_likelihood(
-        expert_labels, labels, num_classes=num_classes, smoothing=smoothing
-    )
+        expert_labels, labels, num_classes=num_classes, smoothing=smoothing,
+        annotation_logits=annotation_logits)
     log_q = log_posterior(gate_logits, clf_logits, expert_log_lik, labels)
+    if bounds is not None:
+        log_q = project_log_posterior(log_q, *bounds)
     q = jnp.exp(log_q) if method == "exact" else monte_carlo_posterior(key, log_q, mc_samples)
     return jax.lax.stop_gradient(q)
 
@@ -102,21 +144,46 @@ def classifier_loss(
     return jnp.mean(weights * cross_entropy)
 
 
-def gating_loss(gate_logits: jax.Array, q: jax.Array) -> jax.Array:
-    """mean_i CE(g(x_i), q_i) with q as soft labels."""
-    log_prior = jax.nn.log_softmax(gate_logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.sum(q * log_prior, axis=-1))
+def gate_log_prior(gate_logits: jax.Array, available: jax.Array | None = None) -> jax.Array:
+    """log p(z | x) ``[batch, K + 1]``, renormalised over the ``available`` options if given
+    (the others get -inf)."""
+    logits = gate_logits.astype(jnp.float32)
+    if available is not None:
+        logits = jnp.where(available, logits, -jnp.inf)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def gating_loss(gate_logits: jax.Array, q: jax.Array,
+                available: jax.Array | None = None) -> jax.Array:
+    """mean_i CE(g(x_i), q_i) with q as soft labels; over the ``available`` options only when
+    given, so that a missing annotation never teaches the gate that its expert is bad."""
+    log_prior = gate_log_prior(gate_logits, available)
+    # q is 0 wherever the prior is -inf; `where` keeps 0 * -inf from becoming NaN.
+    return -jnp.mean(jnp.sum(jnp.where(q > 0, q * log_prior, 0.0), axis=-1))
+
+
+def annotation_loss(annotation_logits: jax.Array, expert_labels: jax.Array) -> jax.Array:
+    """Cross-entropy of the annotation network ``[batch, K, C]`` on the annotations present,
+    averaged over them."""
+    log_probs = jax.nn.log_softmax(annotation_logits.astype(jnp.float32), axis=-1)
+    observed = present(expert_labels)
+    labels = jnp.where(observed, expert_labels, 0)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(observed, nll, 0.0)) / jnp.maximum(jnp.sum(observed), 1)
 
 
 class DeferralSystem(nnx.Module):
     """A classifier f over C classes and a gating model g over K experts + the classifier.
 
-    The gate's last output (index K) is the classifier, the first K are the experts.
+    The gate's last output (index K) is the classifier, the first K are the experts. With
+    ``--missing model`` an annotation network with K x C outputs models p(t_k | x).
     """
 
-    def __init__(self, classifier: nnx.Module, gate: nnx.Module):
+    def __init__(self, classifier: nnx.Module, gate: nnx.Module,
+                 annotator: nnx.Module | None = None):
         self.classifier = classifier
         self.gate = gate
+        self.annotator = annotator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +196,12 @@ class EM:
     """
 
     name: ClassVar[str] = "em"
+    # Every measurement EM may report; an instance reports ANNOTATION_LOSS only with an
+    # annotation network (see __post_init__).
     measurements: ClassVar[dict[str, str]] = {
         CLF_LOSS: "Classifier loss (training)",
         GATE_LOSS: "Gating (deferral) loss (training)",
+        ANNOTATION_LOSS: "Annotation network loss (training, --missing model)",
         TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
     }
 
@@ -146,7 +216,27 @@ class EM:
     mc_samples: int
     expert_smoothing: float
     clf_weighting: ClassifierWeighting
+    # (min_share, max_share) as given, each None or K + 1 shares.
+    workload: tuple[tuple[float, ...] | None, tuple[float, ...] | None] = (None, None)
+    # None: every annotation is present; else the --missing mode.
+    missing: MissingMode | None = None
+    ann_model: str = "cnn"
+    ann_width: int | None = None
     dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        if not self.models_annotations:
+            object.__setattr__(self, "measurements", {
+                name: title for name, title in EM.measurements.items()
+                if name != ANNOTATION_LOSS})
+
+    @property
+    def models_annotations(self) -> bool:
+        return self.missing == "model"
+
+    @property
+    def bounded(self) -> bool:
+        return self.workload != (None, None)
 
     @classmethod
     def from_config(cls, config, *, in_channels: int, num_classes: int, num_experts: int) -> "EM":
@@ -155,6 +245,9 @@ class EM:
                    gate_model=config.dfr_model, gate_width=config.dfr_width,
                    e_step=config.e_step, mc_samples=config.mc_samples,
                    expert_smoothing=config.expert_smoothing, clf_weighting=config.clf_weighting,
+                   workload=(config.min_share, config.max_share),
+                   missing=config.missing if config.allow_missing_annotations else None,
+                   ann_model=config.ann_model, ann_width=config.ann_width,
                    dtype=jnp.dtype(config.compute_dtype))
 
     def create_model(self, rngs: nnx.Rngs) -> DeferralSystem:
@@ -163,20 +256,44 @@ class EM:
                                    num_outputs=self.num_classes, width=self.clf_width, rngs=rngs),
             gate=build_model(self.gate_model, in_channels=self.in_channels, dtype=self.dtype,
                              num_outputs=self.num_experts + 1, width=self.gate_width, rngs=rngs),
+            annotator=build_model(
+                self.ann_model, in_channels=self.in_channels, dtype=self.dtype,
+                num_outputs=self.num_experts * self.num_classes, width=self.ann_width,
+                rngs=rngs) if self.models_annotations else None,
         )
 
     def loss(self, model: DeferralSystem, inputs, batch, key):
         clf_logits = model.classifier(inputs)
         gate_logits = model.gate(inputs)
-        q = e_step(gate_logits, clf_logits, batch["expert_labels"], batch["label"],
+        expert_labels = batch["expert_labels"]
+        annotation_logits = None
+        if self.models_annotations:
+            annotation_logits = model.annotator(inputs).reshape(
+                -1, self.num_experts, self.num_classes)
+        bounds = share_bounds(*self.workload, self.num_experts + 1) if self.bounded else None
+        q = e_step(gate_logits, clf_logits, expert_labels, batch["label"],
                    num_classes=self.num_classes, smoothing=self.expert_smoothing,
-                   method=self.e_step, mc_samples=self.mc_samples, key=key)
+                   method=self.e_step, mc_samples=self.mc_samples, key=key,
+                   bounds=bounds, annotation_logits=(
+                       None if annotation_logits is None
+                       else jax.lax.stop_gradient(annotation_logits)))
         clf_loss = classifier_loss(clf_logits, batch["label"], q, weighting=self.clf_weighting)
-        gate_loss = gating_loss(gate_logits, q)
-        # The two networks share no parameters, so the gradient of the sum gives each network
+        options = self.gate_options(expert_labels)
+        gate_loss = gating_loss(gate_logits, q, options)
+        # The networks share no parameters, so the gradient of the sum gives each network
         # the gradient of its own loss, in one backward pass.
-        return clf_loss + gate_loss, {CLF_LOSS: clf_loss, GATE_LOSS: gate_loss,
-                                      TRAIN_COVERAGE: training_coverage(gate_logits)}
+        measurements = {CLF_LOSS: clf_loss, GATE_LOSS: gate_loss,
+                        TRAIN_COVERAGE: training_coverage(gate_log_prior(gate_logits, options))}
+        total = clf_loss + gate_loss
+        if annotation_logits is not None:
+            measurements[ANNOTATION_LOSS] = annotation_loss(annotation_logits, expert_labels)
+            total = total + measurements[ANNOTATION_LOSS]
+        return total, measurements
+
+    def gate_options(self, expert_labels: jax.Array) -> jax.Array | None:
+        """The options the gate chooses among per input: those present under ``exclude``,
+        all of them otherwise (None)."""
+        return available_options(expert_labels) if self.missing == "exclude" else None
 
     def decide(self, model: DeferralSystem, inputs):
         return model.gate(inputs), model.classifier(inputs)
