@@ -4,8 +4,8 @@ score, swept from "every input deferred" to "every input kept".
 With margin m_i = classifier score - best expert score, an offset b makes the system keep input
 i iff m_i + b > 0 (on a tie the expert wins, as in the test-time argmax). Sorting the inputs by
 margin, each achievable coverage keeps the inputs of the largest margins, so the curve is exact:
-one point per distinct margin value plus "nothing kept", no grid. The default decision (b = 0)
-is one of its points. Pure NumPy; inputs of the whole test split.
+one point per distinct margin value plus "nothing kept", no grid. The default decision (b = 0,
+the argmax routing) is one of its points. Pure NumPy; inputs of the whole test split.
 """
 
 import dataclasses

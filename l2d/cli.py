@@ -35,8 +35,8 @@ DEMO_EPOCHS = 15
 DEMO_DEFERRAL = {"clf_weighting": "uniform", "max_share": (0.4, 0.4, 1.0)}
 
 # Flags a --test run may change besides the runtime ones: which test manifests to evaluate on.
-TEST_OVERRIDABLE = frozenset(
-    {"test_files", "test_groundtruth_file", "batch_size", "test_workload"})
+TEST_OVERRIDABLE = frozenset({"test_files", "test_groundtruth_file", "batch_size",
+                              "test_workload", "allow_missing_annotations"})
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -312,12 +312,18 @@ def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> Train
 
 
 def check_method_flags(given: dict, config: TrainConfig) -> None:
-    """A flag that only another method reads is an error, not silently ignored."""
+    """A flag that only another method, or another mode of EM, reads is an error, not silently
+    ignored."""
     unused = config.unused_fields()
     for name in (name for name in given if name in unused):
         owners = [method for method, fields in METHOD_FIELDS.items() if name in fields]
         raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
                        f"{' or '.join(owners)}, not by --method {config.method}")
+    if "missing" in given and not config.allow_missing_annotations:
+        raise L2DError(f"--missing={config.missing}: only with --allow-missing-annotations")
+    for name in ("ann_model", "ann_width"):
+        if name in given and config.missing != "model":
+            raise L2DError(f"--{name.replace('_', '-')}: only used with --missing model")
 
 
 def run_train_command(given: dict) -> None:

@@ -210,7 +210,7 @@ class TrainConfig:
             fail("test_workload", self.test_workload, "needs --max-share or --min-share")
         if self.missing not in MISSING_MODES:
             fail("missing", self.missing, f"choose one of {MISSING_MODES}")
-        if self.missing != "exclude" and not self.allow_missing_annotations:
+        if self.missing == "model" and not self.allow_missing_annotations:
             fail("missing", self.missing, "only with --allow-missing-annotations")
         positive_ints = ("batch_size", "num_epochs", "mc_samples", "checkpoint_every",
                          "keep_checkpoints", "prefetch_size", "num_threads")

@@ -123,10 +123,13 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
     if method not in METHODS:
         raise L2DError(f"run {run_id}: logged with method {method!r}, which this l2d does not "
                        f"know ({', '.join(METHODS)})")
-    plots = method_plots(method, run.data.tags.get(MEASUREMENTS_TAG))
-    curves = {}
-    for plot in plots:
+    reported = run.data.tags.get(MEASUREMENTS_TAG)
+    plots, curves = [], {}
+    for plot in method_plots(method, reported):
         history = tracker.client.get_metric_history(run_id, plot.metric)
+        if not history and reported is None and plot not in COMMON_PLOTS:
+            continue  # A run from before the tag: its method's optional measurements.
+        plots.append(plot)
         if not history:
             raise L2DError(f"run {run_id}: no metric '{plot.metric}' was logged "
                            f"(needed for {plot.file}); was it trained by l2d?")

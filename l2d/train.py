@@ -27,7 +27,12 @@ from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
 from l2d.errors import L2DError, TrainingDiverged
-from l2d.evaluate import SplitEvaluation, evaluate_outputs, make_predict_step
+from l2d.evaluate import (
+    SplitEvaluation,
+    available_options,
+    evaluate_outputs,
+    make_predict_step,
+)
 from l2d.methods import make_method
 from l2d.methods.base import MEASUREMENTS_TAG, MISSING
 from l2d.metrics import (
@@ -50,7 +55,7 @@ from l2d.tracking import (
     resolve_tracking_uri,
 )
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
-from l2d.workload import share_bounds
+from l2d.workload import assign_with_bounds, share_bounds
 
 CONFIG_FILE = "config.json"
 
@@ -117,6 +122,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         background.submit(import_mlflow)
         dataset = load_dataset(config)
+        check_test_workload(config, dataset.test)
         config = resolve(config, dataset)
         opening = background.submit(
             functools.partial(MlflowTracker, uri) if parallel.is_main else NullTracker)
@@ -176,6 +182,20 @@ def test_share_bounds(config: TrainConfig):
     if config.test_workload != "enforce":
         return None
     return share_bounds(config.min_share, config.max_share, len(config.train_files) + 1)
+
+
+def check_test_workload(config: TrainConfig, split) -> None:
+    """With ``--test-workload enforce``, L2DError before any training or evaluation when the
+    split's annotations cannot meet the bounds (e.g. a minimum share for an expert who
+    annotated fewer inputs)."""
+    bounds = test_share_bounds(config)
+    if bounds is None:
+        return
+    try:
+        assign_with_bounds(np.zeros((split.num_samples, split.num_experts + 1)), *bounds,
+                           available=available_options(split.expert_labels))
+    except L2DError as error:
+        raise L2DError(f"{split.groundtruth_path}: --test-workload enforce: {error}") from None
 
 
 def compiled_steps(config, method, dataset, graphdef, state, parallel):
@@ -300,6 +320,7 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     uri = resolve_tracking_uri(config.tracking_uri)
     check_reachable(uri)
     test_split, test_images = load_test_split(config, config.num_classes)
+    check_test_workload(config, test_split)
     tracker = MlflowTracker(uri)
     if not tracker.run_exists(run_id):
         raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")

@@ -32,11 +32,10 @@ MAX_ITERATIONS = 500
 
 
 def share_bounds(min_share, max_share, num_options: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) float32 [K + 1] from the flags' values (None: no bound)."""
-    lo = np.zeros(num_options, np.float32) if min_share is None else np.asarray(min_share,
-                                                                                np.float32)
-    hi = np.ones(num_options, np.float32) if max_share is None else np.asarray(max_share,
-                                                                              np.float32)
+    """(lo, hi) float64 [K + 1] from the flags' values (None: no bound). In float64 so that
+    floor(lo N) and ceil(hi N) are exact for any split size N."""
+    lo = np.zeros(num_options) if min_share is None else np.asarray(min_share, np.float64)
+    hi = np.ones(num_options) if max_share is None else np.asarray(max_share, np.float64)
     return lo, hi
 
 
@@ -72,6 +71,10 @@ def project_log_posterior(log_q0: jax.Array, lo: jax.Array, hi: jax.Array) -> ja
     """log q ``[B, K + 1]``: the posterior closest in KL to exp(log_q0) whose batch means lie in
     [lo, hi] (see the module docstring)."""
     log_q0 = log_q0.astype(jnp.float32)
+    # A maximum share of 0 is met only with a multiplier of -inf: apply it up front (unless it
+    # would leave an input no option at all), rather than approach it for MAX_ITERATIONS.
+    closed = jnp.where(hi > 0, log_q0, -jnp.inf)
+    log_q0 = jnp.where(jnp.isfinite(closed).any(axis=-1, keepdims=True), closed, log_q0)
     shift, _ = dual_multipliers(log_q0, lo, hi)
     shifted = log_q0 + shift
     return shifted - jax.nn.logsumexp(shifted, axis=-1, keepdims=True)

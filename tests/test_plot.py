@@ -22,14 +22,15 @@ EPOCHS = 4
 
 
 def log_epochs(client: MlflowClient, run_id: str, *, offset: float, skip: str = "",
-               method: str = "em") -> None:
+               method: str = "em", tagged: bool = True) -> None:
     """Per-epoch metrics and the last accuracy-coverage curve shaped like a real run's, with
-    step = epochs finished."""
+    step = epochs finished; ``tagged=False`` as logged before runs listed their measurements."""
     client.log_param(run_id, "method", method)
     # EM without --missing model reports no annotation loss.
     reported = ",".join(name for name in METHODS[method].measurements
                         if name != em.ANNOTATION_LOSS)
-    client.set_tag(run_id, MEASUREMENTS_TAG, reported)
+    if tagged:
+        client.set_tag(run_id, MEASUREMENTS_TAG, reported)
     for epoch in range(1, EPOCHS + 1):
         client.log_batch(run_id, metrics=[
             Metric(plot.metric, epoch_value(plot.metric, epoch, offset), 1000 * epoch, epoch)
@@ -50,7 +51,8 @@ def epoch_value(metric: str, epoch: int, offset: float) -> float:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Runs: FINISHED with a description; KILLED and resumed (step 3 logged twice); FAILED
-    without EM's gating loss; RUNNING, for plotting without logging; a softmax run; one without
+    without EM's gating loss; RUNNING, for plotting without logging (and without the measurements
+    tag); a softmax run; one without
     its curve; one without the method param (as before l2d had methods)."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -70,7 +72,7 @@ def store(tmp_path_factory):
     log_epochs(client, partial.info.run_id, offset=0.0, skip=em.GATE_LOSS)
     client.set_terminated(partial.info.run_id, "FAILED")
     quiet = client.create_run(experiment, run_name="plotted-without-logging")
-    log_epochs(client, quiet.info.run_id, offset=0.1)
+    log_epochs(client, quiet.info.run_id, offset=0.1, tagged=False)
     surrogate = client.create_run(experiment, run_name="softmax-run")
     log_epochs(client, surrogate.info.run_id, offset=0.2, method="softmax")
     client.set_terminated(surrogate.info.run_id, "FINISHED")
@@ -111,7 +113,9 @@ def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
 
 def test_without_log_artifacts_nothing_is_logged(store, tmp_path):
     plot_runs(store.uri, [store.quiet], tmp_path, log_artifacts=False)
-    assert len(list(tmp_path.glob("*.png"))) == 7  # Six metric plots and the curves.
+    # Six metric plots and the curves: without the measurements tag (a run logged before it
+    # existed) the plots are those of the measurements it logged.
+    assert len(list(tmp_path.glob("*.png"))) == 7
     assert [a.path for a in store.client.list_artifacts(store.quiet)] == [
         "accuracy_coverage.json"]
     assert store.client.get_run(store.quiet).info.status == "RUNNING"

@@ -64,6 +64,16 @@ def test_loose_bounds_leave_the_posterior_unchanged():
                                np.exp(log_q0), atol=1e-6)
 
 
+def test_a_zero_maximum_closes_that_option_at_once():
+    log_q0 = random_log_posteriors(7)
+    lo, hi = np.zeros(3, np.float32), np.array([1.0, 0.0, 1.0], np.float32)
+    q = np.exp(np.asarray(project(log_q0, lo, hi)))
+    np.testing.assert_array_equal(q[:, 1], 0.0)
+    expected = np.exp(np.asarray(log_q0))[:, [0, 2]]
+    np.testing.assert_allclose(q[:, [0, 2]], expected / expected.sum(1, keepdims=True),
+                               rtol=1e-5)
+
+
 def test_unreachable_bounds_stay_finite():
     # Expert 0 is wrong on every input (q0 = 0) but must take half of the batch: no posterior
     # of the projected form can; the result is still a finite posterior with q = 0 kept.
@@ -118,6 +128,9 @@ BASE = ["train", "--train-files", "a.json,b.json", "--train-groundtruth-file", "
     (["--test-workload", "enforce"], "--test-workload=enforce: needs --max-share or --min-share"),
     (["--method", "ova", "--max-share", "0.5,0.5,1"], "--max-share: only used by --method em"),
     (["--missing", "model"], "--missing=model: only with --allow-missing-annotations"),
+    (["--missing", "exclude"], "--missing=exclude: only with --allow-missing-annotations"),
+    (["--allow-missing-annotations", "--ann-width", "4"],
+     "--ann-width: only used with --missing model"),
 ])
 def test_bad_workload_or_missing_flags_are_one_line_errors(capsys, flags, message):
     assert main([*BASE, *flags]) == 2

@@ -278,7 +278,8 @@ def write_experts(groundtruth_paths: list[str], spec: ExpertSpec, *, seed: int,
             raise L2DError(f"{out}: cannot write expert manifest: {e}") from None
         right, labels = (answers == labels)[kept], labels[kept]
         result = {"path": str(out), "num_samples": len(labels),
-                  "num_missing": int((~kept).sum()), "accuracy": float(right.mean())}
+                  "num_missing": int((~kept).sum()),
+                  "accuracy": float(right.mean()) if right.size else float("nan")}
         if spec.kind == "specialist":
             inside = np.isin(labels, spec.classes)
             result["accuracy_in"] = float(right[inside].mean()) if inside.any() else None

@@ -270,7 +270,10 @@ class EM:
         if self.models_annotations:
             annotation_logits = model.annotator(inputs).reshape(
                 -1, self.num_experts, self.num_classes)
-        bounds = share_bounds(*self.workload, self.num_experts + 1) if self.bounded else None
+        bounds = None
+        if self.bounded:
+            bounds = tuple(jnp.asarray(share, jnp.float32)
+                           for share in share_bounds(*self.workload, self.num_experts + 1))
         q = e_step(gate_logits, clf_logits, expert_labels, batch["label"],
                    num_classes=self.num_classes, smoothing=self.expert_smoothing,
                    method=self.e_step, mc_samples=self.mc_samples, key=key,
