@@ -5,9 +5,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/requirements.sha256 2>/dev/null)"
   echo "l2d: setting up .venv from requirements.txt (once; a few minutes)" >&2
   rm -rf .venv
   "${PYTHON:-python3}" -m venv .venv
-  # --no-compile: Python byte-compiles the modules it imports on first use, a fraction of the
-  # thousands that pip would compile up front (about 45 s of a first ./run.sh here).
+  # pip byte-compiles the installed packages on one core; compileall -j 0 does the same on every
+  # core (here: 61 s for both steps instead of 87 s). Byte-compiled up front, every later
+  # launch skips it, even where PYTHONDONTWRITEBYTECODE is set.
   .venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check \
     -r requirements.txt >&2
+  .venv/bin/python -m compileall -q -j 0 .venv/lib >&2
   echo "$wanted" > .venv/requirements.sha256
 fi
