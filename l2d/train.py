@@ -177,7 +177,7 @@ def missing_counts(split_name: str, split) -> dict[str, float]:
     return {missing_annotations(split_name, k): float(n) for k, n in enumerate(missing)}
 
 
-def test_share_bounds(config: TrainConfig):
+def enforced_share_bounds(config: TrainConfig):
     """The (lo, hi) shares the test split is assigned under, or None for the gate's argmax."""
     if config.test_workload != "enforce":
         return None
@@ -188,7 +188,7 @@ def check_test_workload(config: TrainConfig, split) -> None:
     """With ``--test-workload enforce``, L2DError before any training or evaluation when the
     split's annotations cannot meet the bounds (e.g. a minimum share for an expert who
     annotated fewer inputs)."""
-    bounds = test_share_bounds(config)
+    bounds = enforced_share_bounds(config)
     if bounds is None:
         return
     try:
@@ -311,7 +311,7 @@ def evaluate_split(predict_step, state, split, images, *, num_classes, config, p
     scores, class_prediction = (np.concatenate([out[name] for out in outputs])[:split.num_samples]
                                 for name in ("scores", "class_prediction"))
     return evaluate_outputs(scores, class_prediction, split.labels, split.expert_labels,
-                            num_classes=num_classes, share_bounds=test_share_bounds(config))
+                            num_classes=num_classes, share_bounds=enforced_share_bounds(config))
 
 
 def test(config: TrainConfig, run_id: str) -> dict[str, float]:

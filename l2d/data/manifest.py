@@ -98,11 +98,11 @@ def read_manifest(path: str | os.PathLike, *, allow_null_labels: bool = False
         if label is None and allow_null_labels:
             label = MISSING
         # bool is a subclass of int and 3.0 is a float: neither is a class index.
-        if isinstance(label, bool) or not isinstance(label, int):
+        elif isinstance(label, bool) or not isinstance(label, int):
             raise L2DError(f"{_entry(path, i, file)}: 'label' must be an integer, got {label!r}")
-        if label < 0 and not (allow_null_labels and label == MISSING and entry["label"] is None):
+        elif label < 0:
             raise L2DError(f"{_entry(path, i, file)}: label {label} is negative")
-        if label > _INT32_MAX:
+        elif label > _INT32_MAX:
             raise L2DError(f"{_entry(path, i, file)}: label {label} is too large")
         resolved = os.path.normpath(os.path.join(folder, file))  # absolute `file` wins in join
         if resolved in first_index:
