@@ -23,6 +23,7 @@ from l2d.config import (
     TEST_WORKLOADS,
     TrainConfig,
 )
+from l2d import __version__
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="l2d",
         description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
+    parser.add_argument("--version", action="version", version=f"l2d {__version__}")
     commands = parser.add_subparsers(dest="command", required=True,
                                      parser_class=OneLineErrorParser)
     train = commands.add_parser(
