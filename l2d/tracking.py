@@ -11,6 +11,7 @@ import math
 import os
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
@@ -119,6 +120,10 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
+    def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
+        """Record a dataset the active run used (MLflow's Dataset column): ``source`` is the
+        path of its manifest, ``context`` what the run used it for (train, test)."""
+
 
 class MlflowTracker:
     """The ``Tracker`` of l2d: a thin layer over MLflow's fluent API for one run at a time."""
@@ -202,6 +207,17 @@ class MlflowTracker:
         """Log to a run without reopening it, so its status (FINISHED, KILLED...) stays as it is."""
         self.client.log_dict(run_id, json_safe(values), artifact_file)
 
+    def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path matches both.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset_source = resolve_dataset_source(source)
+        self._mlflow.log_input(MetaDataset(dataset_source, name=name, digest=digest),
+                               context=context)
+
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client.get_run(run_id).info.experiment_id
         base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
@@ -237,4 +253,7 @@ class NullTracker:
         pass
 
     def log_dict_to(self, run_id: str, values: dict[str, Any], artifact_file: str) -> None:
+        pass
+
+    def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
         pass

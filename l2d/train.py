@@ -150,6 +150,10 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
             tracker.log_dict(config.to_dict(), CONFIG_FILE)
             tracker.set_tags({"checkpoints": str(folder / "checkpoints"),
                               MEASUREMENTS_TAG: ",".join(method.measurements)})
+            for context, split in (("train", dataset.train), ("test", dataset.test)):
+                tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
+                                    source=os.path.abspath(split.groundtruth_path),
+                                    context=context)
             if config.allow_missing_annotations:
                 tracker.log_metrics({**missing_counts("train", dataset.train),
                                      **missing_counts("test", dataset.test)}, step=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -360,3 +361,17 @@ def test_images_that_do_not_fit_in_memory_are_streamed(tiny_dataset, monkeypatch
     streamed = next(iter(train_batches(split, decoded, batch_size=4, seed=0, epoch=0,
                                        prefetch_size=1, num_threads=1)))
     assert streamed["image"].shape == (4, 8, 8, 3)
+
+
+def test_split_digest_follows_the_manifests_contents_not_their_place(tiny_dataset, tmp_path):
+    split = _train(tiny_dataset)
+    before = split.digest()
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.dirname(tiny_dataset["train_groundtruth"]), moved)
+    copy = load_split(moved / os.path.basename(tiny_dataset["train_groundtruth"]),
+                      [moved / os.path.basename(p) for p in tiny_dataset["train_experts"]])
+    assert copy.digest() == before and len(before) == 16
+    entries = load(tiny_dataset["train_experts"][0])
+    entries[0]["label"] = (entries[0]["label"] + 1) % 3
+    dump(tiny_dataset["train_experts"][0], entries)
+    assert _train(tiny_dataset).digest() != before

@@ -18,7 +18,7 @@ from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
 from l2d import metrics
-from l2d.data.manifest import read_manifest
+from l2d.data.manifest import load_split, read_manifest
 from l2d.methods import em
 from l2d.methods.base import TRAIN_COVERAGE
 from l2d.methods.one_network import SURROGATE_LOSS
@@ -86,6 +86,16 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert params["test_files"] == str(tuple(dataset["test_experts"]))
     assert params["num_classes"] == "3" and params["e_step"] == "mc"
     assert params["method"] == "em" and "width" not in params
+    # The manifests of both splits are the run's dataset inputs, named and hashed.
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+              for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test"}
+    for context in ("train", "test"):
+        split = load_split(dataset[f"{context}_groundtruth"], dataset[f"{context}_experts"])
+        assert inputs[context].name == split.dataset_name() == f"data0/{context}_groundtruth"
+        assert inputs[context].digest == split.digest()
+        assert dataset[f"{context}_groundtruth"] in inputs[context].source
+    assert inputs["train"].digest != inputs["test"].digest
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "final_metrics.json", "deferral_table.json",
             "accuracy_coverage.json"} <= artifacts

@@ -13,6 +13,7 @@ entry (index in the JSON list and file) and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -45,6 +46,20 @@ class SplitRecords:
     @property
     def num_experts(self) -> int:
         return len(self.expert_paths)
+
+    def digest(self) -> str:
+        """A hash of the split's manifests' contents as they are now on disk (ground truth, then
+        the experts in order): the same manifests give the same digest wherever they are."""
+        content = hashlib.sha256()
+        for path in (self.groundtruth_path, *self.expert_paths):
+            with open(path, "rb") as manifest:
+                content.update(hashlib.sha256(manifest.read()).digest())
+        return content.hexdigest()[:16]
+
+    def dataset_name(self) -> str:
+        """``<folder>/<ground-truth manifest name>``, e.g. ``cifar10/train_groundtruth``."""
+        folder, name = os.path.split(os.path.abspath(self.groundtruth_path))
+        return f"{os.path.basename(folder)}/{os.path.splitext(name)[0]}"
 
 
 def _entry(path: str, index: int, file: object | None = None) -> str:
