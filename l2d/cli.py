@@ -417,6 +417,7 @@ def run_demo_command(args: dict) -> None:
     ).validate()
     start_jax(config)
     from l2d import metrics, train
+    from l2d.tracking import UI_ADDRESS
 
     m = train.train(config)
     experts = range(len(config.train_files))
@@ -432,7 +433,7 @@ def run_demo_command(args: dict) -> None:
              "\ndeferral does not pay off in this run: the classifier or an expert alone is at "
              "least as accurate as the system")
           + f"\nsee the run: mlflow ui --backend-store-uri {train.resolve_tracking_uri(None)}"
-          " then open http://127.0.0.1:5000")
+          f" then open {UI_ADDRESS}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

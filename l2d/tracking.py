@@ -95,6 +95,12 @@ def import_mlflow():
     return mlflow
 
 
+# MLflow 3.17's UI opens an experiment in its GenAI view (traces, evaluations) unless the address
+# asks for the model-training one (checked with headless Chromium on an l2d run).
+TRAINING_VIEW = "?workflowType=machine_learning"
+UI_ADDRESS = f"http://127.0.0.1:5000/#/experiments{TRAINING_VIEW}"
+
+
 class Tracker(Protocol):
     """What training and evaluation log through; ``MlflowTracker`` and ``NullTracker`` fulfil it."""
 
@@ -221,7 +227,7 @@ class MlflowTracker:
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client.get_run(run_id).info.experiment_id
         base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 class NullTracker:

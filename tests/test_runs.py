@@ -65,7 +65,7 @@ def dataset(tmp_path_factory):
 
 
 def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
-    run_cli(train_argv(dataset, "--batch-size", "8", "--num-epochs", "3",
+    trained = run_cli(train_argv(dataset, "--batch-size", "8", "--num-epochs", "3",
                        "--checkpoint-every", "2", "--augment", "--e-step", "mc"), tmp_path,
             # Sample system metrics often enough for a run of seconds (default: every 10 s).
             MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2",
@@ -73,6 +73,9 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = only_run(client)
     assert run.info.status == "FINISHED"
+    # The printed address opens MLflow's model-training view of the run.
+    assert (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+            f"{run.info.run_id}?workflowType=machine_learning") in trained.stderr
     for name in (em.CLF_LOSS, em.GATE_LOSS, TRAIN_COVERAGE, metrics.COVERAGE, metrics.ACCURACY,
                  metrics.CLF_ACCURACY, metrics.expert_share(0), metrics.expert_accuracy_received(1),
                  metrics.AUC, "loader/wait_fraction"):
