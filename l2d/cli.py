@@ -11,19 +11,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from l2d import __version__
 from l2d.config import (
     CLF_WEIGHTINGS,
     COMPUTE_DTYPES,
     E_STEPS,
     METHOD_FIELDS,
-    MISSING_MODES,
     METHOD_NAMES,
+    MISSING_MODES,
     MODEL_NAMES,
     RUNTIME_FIELDS,
     TEST_WORKLOADS,
     TrainConfig,
 )
-from l2d import __version__
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
