@@ -95,7 +95,8 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     assert set(inputs) == {"train", "test"}
     for context in ("train", "test"):
         split = load_split(dataset[f"{context}_groundtruth"], dataset[f"{context}_experts"])
-        assert inputs[context].name == split.dataset_name() == f"data0/{context}_groundtruth"
+        folder = Path(dataset[f"{context}_groundtruth"]).parent.name
+        assert inputs[context].name == split.dataset_name() == f"{folder}/{context}_groundtruth"
         assert inputs[context].digest == split.digest()
         assert dataset[f"{context}_groundtruth"] in inputs[context].source
     assert inputs["train"].digest != inputs["test"].digest
