@@ -26,7 +26,7 @@ from l2d.errors import L2DError
 
 # The dual's stopping rule (largest step of the multipliers) and the iteration cap. A batch
 # whose bounds cannot be met (an option with no support, e.g. a minimum share for an expert
-# who is wrong on most of the batch) stops at the cap with the closest finite posterior.
+# who is wrong on most of the batch) stops at the cap with a finite posterior that misses them.
 TOLERANCE = 1e-6
 MAX_ITERATIONS = 500
 
