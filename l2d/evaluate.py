@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from scipy.special import log_softmax
 
 from l2d.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
 from l2d.methods import Method
@@ -48,12 +49,6 @@ def available_options(expert_labels: np.ndarray) -> np.ndarray:
     return np.concatenate([present, np.ones((present.shape[0], 1), bool)], axis=1)
 
 
-def log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - np.max(scores, axis=1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
-
-
 def route(scores: np.ndarray, available: np.ndarray,
           share_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The chosen option per input ``[N]``: the argmax of the available options' scores, or,
@@ -62,7 +57,8 @@ def route(scores: np.ndarray, available: np.ndarray,
     masked = np.where(available, scores, -np.inf)
     if share_bounds is None:
         return np.argmax(masked, axis=1)
-    return assign_with_bounds(log_softmax(masked), *share_bounds, available=available)
+    return assign_with_bounds(log_softmax(masked, axis=1), *share_bounds,
+                              available=available)
 
 
 def system_predictions(chosen: np.ndarray, class_prediction: np.ndarray,
