@@ -119,12 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "p(y | expert)", type=float)
     add(model, "--clf-weighting", "em: classifier loss weights, q(classifier) or uniform",
         choices=CLF_WEIGHTINGS)
-    add(model, "--max-share", "em: K + 1 comma-separated numbers, the experts in --train-files "
-        "order then the classifier: the largest share of each batch the E-step gives each "
-        "option", type=comma_floats)
-    add(model, "--min-share", "em: K + 1 numbers as --max-share: the smallest shares",
+    add(model, "--max-share", "K + 1 comma-separated numbers, the experts in --train-files "
+        "order then the classifier: the largest share of each option, in each batch of EM's "
+        "E-step and, with --test-workload enforce, in the test split (any method)",
         type=comma_floats)
-    add(model, "--test-workload", "em: test-time routing, the gate's argmax per input or the "
+    add(model, "--min-share", "K + 1 numbers as --max-share: the smallest shares",
+        type=comma_floats)
+    add(model, "--test-workload", "test-time routing, the highest score per input or the "
         "whole split assigned at once within the share bounds", choices=TEST_WORKLOADS)
     add(model, "--allow-missing-annotations", "em: expert manifests may omit files or give "
         "\"label\": null", action=argparse.BooleanOptionalAction)
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(run, "--tracking-uri", "MLflow tracking URI, e.g. http://127.0.0.1:8080 (default: "
         "sqlite file mlflow.db in the current folder)")
     add(run, "--artifact-path", "folder for <run_id>/config.json and <run_id>/checkpoints")
+    run.add_argument("--register-model", metavar="NAME",
+                     help="also register the run's model deferral_system in the MLflow Model "
+                          "Registry under NAME (a new version if NAME exists)")
     add(run, "--checkpoint-every", "save a checkpoint every N epochs and after the last", type=int)
     add(run, "--keep-checkpoints", "newest checkpoints kept per run", type=int)
     add(run, "--jax-platform", "JAX platform: cpu, cuda, ... (default: JAX's choice)")
@@ -236,6 +240,40 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", default="plots", help="folder for the PNGs (default: plots)")
     plot.add_argument("--no-log-artifacts", dest="log_artifacts", action="store_false",
                       help="only write the PNGs, log nothing to the runs")
+
+    export = commands.add_parser(
+        "export", help="log the MLflow model deferral_system of an existing run",
+        description="Log the trained system of a run (its latest checkpoint) as the MLflow "
+                    "model deferral_system of that run, as every training run now does at its "
+                    "end; the run's status stays as it is.")
+    export.add_argument("--run-id", required=True, help="the run to export")
+    export.add_argument("--register-model", metavar="NAME",
+                        help="also register it in the MLflow Model Registry under NAME")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
+                        "mlflow.db in the current folder)")
+    export.add_argument("--artifact-path", default=TrainConfig.artifact_path,
+                        help="folder of <run_id>/config.json and <run_id>/checkpoints "
+                             f"(default: {TrainConfig.artifact_path})")
+
+    predict = commands.add_parser(
+        "predict", help="route new images with a run's deferral_system model",
+        description="Route every image of a folder or a manifest with the deferral_system "
+                    "model of a run and write, per image, the decision (classifier or an "
+                    "expert's name), the classifier's label where it keeps the image, and "
+                    "every option's score to --output (JSON); print how many images each "
+                    "option receives.")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="DIR", help="every image file under DIR")
+    source.add_argument("--manifest", metavar="M.json",
+                        help="a manifest [{\"file\": ...}, ...] (labels, if any, are ignored)")
+    predict.add_argument("--run-id", required=True, help="the run whose model routes")
+    predict.add_argument("--output", required=True, metavar="decisions.json",
+                         help="where to write the decisions")
+    predict.add_argument("--workload", choices=TEST_WORKLOADS,
+                         help="argmax per image, or the whole input within the run's share "
+                              "bounds (default: the run's --test-workload)")
+    predict.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
+                         "mlflow.db in the current folder)")
 
     demo = commands.add_parser(
         "demo", help="build the digits demo dataset (once) and train on it",
@@ -332,8 +370,12 @@ def run_train_command(given: dict) -> None:
     mode = given.pop("mode", "train")
     resume = given.pop("resume", False)
     run_id = given.pop("run_id", None)
+    register_model = given.pop("register_model", None)
     if mode == "test" and resume:
         raise L2DError("--resume and --test exclude each other")
+    if mode == "test" and register_model:
+        raise L2DError("--register-model: only when training (l2d export registers an existing "
+                       "run's model)")
     if (resume or mode == "test") and not run_id:
         raise L2DError(f"--{'resume' if resume else 'test'} needs --run-id")
     if run_id and not (resume or mode == "test"):
@@ -352,10 +394,50 @@ def run_train_command(given: dict) -> None:
     if mode == "test":
         train.test(config, run_id)
     else:
-        metrics = train.train(config, resume_run_id=run_id)
+        metrics = train.train(config, resume_run_id=run_id, register_model=register_model)
         if config.process_id == 0:
             summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             print(f"l2d: final test metrics: {summary}")
+
+
+def open_tracking_store(uri: str | None, run_id: str):
+    """The tracker of an existing store that holds ``run_id``."""
+    from l2d.plot import open_store
+    from l2d.tracking import resolve_tracking_uri
+
+    tracker = open_store(resolve_tracking_uri(uri))
+    if not tracker.run_exists(run_id):
+        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
+    return tracker
+
+
+def run_export_command(args: dict) -> None:
+    tracker = open_tracking_store(args["tracking_uri"], args["run_id"])
+    config = stored_config({"artifact_path": args["artifact_path"]}, args["run_id"],
+                           allowed=RUNTIME_FIELDS)
+    start_jax(config)
+    from l2d.export import export
+
+    uri = export(config, args["run_id"], tracker, register_model=args["register_model"])
+    print(f"{uri}" + (f" (registered as {args['register_model']})"
+                      if args["register_model"] else ""))
+
+
+def run_predict_command(args: dict) -> None:
+    tracker = open_tracking_store(args["tracking_uri"], args["run_id"])
+    source = args["images"] or args["manifest"]
+    start_jax(TrainConfig())
+    from l2d import predict
+    from l2d.mlflow_model import load_trained_system
+
+    files = (predict.image_files_in(Path(source)) if args["images"] is not None
+             else predict.image_files_of_manifest(Path(source)))
+    system = load_trained_system(tracker, args["run_id"])
+    table = predict.route_files(system, files, source, workload=args["workload"],
+                                progress=None)
+    predict.write_decisions(Path(args["output"]), files, table, system.options)
+    print(f"{len(files)} images: {predict.summary(table, system.options)}; "
+          f"decisions in {args['output']}")
 
 
 def run_prepare_command(args: dict) -> None:
@@ -446,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo_command(args)
         elif command == "plot":
             run_plot_command(args)
+        elif command == "export":
+            run_export_command(args)
+        elif command == "predict":
+            run_predict_command(args)
         elif command == "prepare":
             run_prepare_command(args)
         elif command == "experts":

@@ -19,9 +19,8 @@ MISSING_MODES = ("exclude", "model")
 # is an error rather than silently ignored. Keys are the method names of ``l2d.methods.METHODS``.
 METHOD_FIELDS: dict[str, frozenset[str]] = {
     "em": frozenset({"clf_model", "clf_width", "dfr_model", "dfr_width", "e_step", "mc_samples",
-                     "expert_smoothing", "clf_weighting", "max_share", "min_share",
-                     "test_workload", "allow_missing_annotations", "missing", "ann_model",
-                     "ann_width"}),
+                     "expert_smoothing", "clf_weighting", "allow_missing_annotations",
+                     "missing", "ann_model", "ann_width"}),
     "softmax": frozenset({"model", "width"}),
     "ova": frozenset({"model", "width"}),
 }
@@ -111,8 +110,10 @@ class TrainConfig:
     expert_smoothing: float = 0.0
     # Classifier loss weights: q(classifier) as in the original, or 1 for every sample.
     clf_weighting: str = "posterior"
-    # Workload bounds of EM: per option (the experts in --train-files order, then the
-    # classifier) the share of each batch the E-step may assign to it; None leaves it unbounded.
+    # Workload bounds: per option (the experts in --train-files order, then the classifier) the
+    # share of each batch EM's E-step may assign to it, and of the test split (or of a batch
+    # routed by the trained system) under --test-workload enforce, for every method; None
+    # leaves it unbounded.
     max_share: tuple[float, ...] | None = None
     min_share: tuple[float, ...] | None = None
     # Test-time routing: the gate's argmax per input, or the whole split assigned at once so
@@ -208,6 +209,12 @@ class TrainConfig:
         check_share_bounds(self.min_share, self.max_share, len(self.train_files) + 1)
         if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
             fail("test_workload", self.test_workload, "needs --max-share or --min-share")
+        bounded = self.min_share is not None or self.max_share is not None
+        if bounded and self.method != "em" and self.test_workload != "enforce":
+            # EM's E-step reads the bounds in training; the other methods only route by them.
+            fail("max_share" if self.max_share is not None else "min_share",
+                 ",".join(f"{v:g}" for v in (self.max_share or self.min_share)),
+                 f"--method {self.method} uses the bounds only with --test-workload enforce")
         if self.missing not in MISSING_MODES:
             fail("missing", self.missing, f"choose one of {MISSING_MODES}")
         if self.missing == "model" and not self.allow_missing_annotations:

@@ -34,13 +34,19 @@ def make_predict_step(
     def step(state, batch):
         model, _ = nnx.merge(graphdef, state)
         model.eval()
-        scores, class_logits = method.decide(
-            model, normalise(batch["image"], channel_mean, channel_std))
-        # In float32 whatever the compute dtype: bfloat16 would merge distinct scores.
-        return {"scores": scores.astype(jnp.float32),
-                "class_prediction": jnp.argmax(class_logits, axis=-1).astype(jnp.int32)}
+        return decide_on_images(model, method, batch["image"], channel_mean, channel_std)
 
     return jax.jit(step, out_shardings=replicated)
+
+
+def decide_on_images(model, method: Method, images: jax.Array, channel_mean: jax.Array,
+                     channel_std: jax.Array) -> dict[str, jax.Array]:
+    """``{"scores": [B, K + 1], "class_prediction": [B]}`` of uint8 images, the model in eval
+    mode; traced inside the jitted steps of evaluation and of a trained system."""
+    scores, class_logits = method.decide(model, normalise(images, channel_mean, channel_std))
+    # In float32 whatever the compute dtype: bfloat16 would merge distinct scores.
+    return {"scores": scores.astype(jnp.float32),
+            "class_prediction": jnp.argmax(class_logits, axis=-1).astype(jnp.int32)}
 
 
 def available_options(expert_labels: np.ndarray) -> np.ndarray:
@@ -75,6 +81,7 @@ def system_predictions(chosen: np.ndarray, class_prediction: np.ndarray,
 class SplitEvaluation:
     counts: dict[str, np.ndarray]  # See ``tally``; ``l2d.metrics.summarise`` reads them.
     curve: AccuracyCoverageCurve
+    chosen: np.ndarray  # int [N]: the option each input went to (K: the classifier).
 
 
 def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int
@@ -112,4 +119,4 @@ def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_cla
         margin=masked[:, -1].astype(np.float64) - np.max(masked[:, :-1], axis=1),
         clf_correct=class_prediction == labels, deferred_correct=best_label == labels)
     counts = tally(chosen, class_prediction, labels, expert_labels, num_classes=num_classes)
-    return SplitEvaluation(counts, curve)
+    return SplitEvaluation(counts, curve, chosen)

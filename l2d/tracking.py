@@ -1,4 +1,5 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the only module that imports mlflow, besides the model of
+``l2d.mlflow_model``.
 
 The default store is embedded (``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``),
 so nothing has to be started; ``--tracking-uri http://...`` talks to ``mlflow_server.sh``.
@@ -9,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -130,6 +132,14 @@ class Tracker(Protocol):
         """Record a dataset the active run used (MLflow's Dataset column): ``source`` is the
         path of its manifest, ``context`` what the run used it for (train, test)."""
 
+    def log_deferral_system(self, config, model_state, example_images, *,
+                            registered_model_name: str | None = None) -> str:
+        """Log the trained system as the MLflow model ``deferral_system`` of the active run
+        (``l2d.mlflow_model``); return its model URI."""
+
+    def log_plots(self, run_id: str) -> None:
+        """Log the PNGs of ``l2d plot`` for ``run_id`` under its ``plots/``."""
+
 
 class MlflowTracker:
     """The ``Tracker`` of l2d: a thin layer over MLflow's fluent API for one run at a time."""
@@ -224,6 +234,30 @@ class MlflowTracker:
         self._mlflow.log_input(MetaDataset(dataset_source, name=name, digest=digest),
                                context=context)
 
+    def log_deferral_system(self, config, model_state, example_images, *,
+                            registered_model_name: str | None = None) -> str:
+        from l2d.mlflow_model import log_deferral_system
+
+        return log_deferral_system(config, model_state, example_images,
+                                   registered_model_name=registered_model_name)
+
+    def log_deferral_system_to(self, run_id: str, config, model_state, example_images, *,
+                               registered_model_name: str | None = None) -> str:
+        """``log_deferral_system`` to an existing run, whose status stays as it was."""
+        status = self.client.get_run(run_id).info.status
+        self._mlflow.start_run(run_id=run_id)
+        try:
+            return self.log_deferral_system(config, model_state, example_images,
+                                            registered_model_name=registered_model_name)
+        finally:
+            self._mlflow.end_run(status=status)
+
+    def log_plots(self, run_id: str) -> None:
+        from l2d.plot import plot_runs
+
+        with tempfile.TemporaryDirectory() as folder:
+            plot_runs(self.uri, [run_id], Path(folder), log_artifacts=True)
+
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client.get_run(run_id).info.experiment_id
         base = self.uri.rstrip("/") if is_remote(self.uri) else "http://127.0.0.1:5000"
@@ -262,4 +296,11 @@ class NullTracker:
         pass
 
     def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
+        pass
+
+    def log_deferral_system(self, config, model_state, example_images, *,
+                            registered_model_name: str | None = None) -> str:
+        return "(logged by process 0)"
+
+    def log_plots(self, run_id: str) -> None:
         pass

@@ -54,8 +54,9 @@ from l2d.tracking import (
     json_safe,
     resolve_tracking_uri,
 )
+from l2d.trained_system import read_image_files
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
-from l2d.workload import assign_with_bounds, share_bounds
+from l2d.workload import assign_with_bounds, enforced_share_bounds
 
 CONFIG_FILE = "config.json"
 
@@ -108,8 +109,13 @@ def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run
     return graphdef, state, start_epoch
 
 
-def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str, float]:
-    """Train (or resume) a run; return its final test metrics."""
+def train(config: TrainConfig, *, resume_run_id: str | None = None,
+          register_model: str | None = None) -> dict[str, float]:
+    """Train (or resume) a run; return its final test metrics.
+
+    The run ends by logging the trained system as the MLflow model ``deferral_system`` (also
+    registered as ``register_model`` when given) and the plots of ``l2d plot``.
+    """
     config.validate()
     uri = resolve_tracking_uri(config.tracking_uri)
     check_reachable(uri)
@@ -163,14 +169,18 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None) -> dict[str,
                      f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
                   file=sys.stderr)
         try:
-            metrics, counts = fit(config, method, dataset, train_step, predict_step, state,
-                                  tracker, manager, stop, parallel, start_epoch=start_epoch,
-                                  steps_per_epoch=steps_per_epoch)
+            metrics, counts, state = fit(config, method, dataset, train_step, predict_step,
+                                         state, tracker, manager, stop, parallel,
+                                         start_epoch=start_epoch, steps_per_epoch=steps_per_epoch)
         finally:
             manager.wait_until_finished()
             manager.close()
         tracker.log_dict(metrics, "final_metrics.json")
         tracker.log_dict(deferral_table(counts), "deferral_table.json")
+        if parallel.is_main:
+            log_trained_system(tracker, config, parallel.fetch(state[0]), dataset,
+                               register_model=register_model)
+            tracker.log_plots(run_id)
     parallel.wait_for_all("l2d: run ended")
     return metrics
 
@@ -179,13 +189,6 @@ def missing_counts(split_name: str, split) -> dict[str, float]:
     """How many inputs of ``split`` each expert did not annotate, as metrics."""
     missing = (split.expert_labels == MISSING).sum(0)
     return {missing_annotations(split_name, k): float(n) for k, n in enumerate(missing)}
-
-
-def enforced_share_bounds(config: TrainConfig):
-    """The (lo, hi) shares the test split is assigned under, or None for the gate's argmax."""
-    if config.test_workload != "enforce":
-        return None
-    return share_bounds(config.min_share, config.max_share, len(config.train_files) + 1)
 
 
 def check_test_workload(config: TrainConfig, split) -> None:
@@ -226,7 +229,8 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
 
 def fit(config, method, dataset, train_step, predict_step, state, tracker, manager, stop, parallel,
         *, start_epoch, steps_per_epoch):
-    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts).
+    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts) and
+    the trained state.
 
     Every evaluation logs the test metrics and the accuracy-coverage curve. ``stop.check()``
     after every step is where Ctrl-C and SIGTERM take effect.
@@ -287,7 +291,18 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, manag
     if start_epoch == config.num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
         metrics, counts = evaluate_and_log_curve(state, start_epoch)
-    return metrics, counts
+    return metrics, counts, state
+
+
+def log_trained_system(tracker, config, model_state, dataset, *, register_model) -> None:
+    """Log the model ``deferral_system``, its input example the first test images."""
+    example = dataset.test_images.pixels
+    if example is None:  # Streamed from disk: decode the two images the example needs.
+        example = read_image_files(dataset.test.files[:2], dataset.test.groundtruth_path)
+    uri = tracker.log_deferral_system(config, model_state, example[:2],
+                                      registered_model_name=register_model)
+    print(f"l2d: model {uri}" + (f", registered as {register_model}" if register_model else ""),
+          file=sys.stderr)
 
 
 def report_first_step(totals, tracker) -> None:
@@ -350,7 +365,10 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
               "test_files": list(config.test_files), "test_workload": config.test_workload,
               "metrics": metrics, "deferral_table": deferral_table(evaluation.counts),
-              "accuracy_coverage": evaluation.curve.to_json()}
+              "accuracy_coverage": evaluation.curve.to_json(),
+              # Per ground-truth entry, in manifest order: the option chosen (the experts in
+              # --test-files order, then the classifier).
+              "routed_to": evaluation.chosen.tolist()}
     name = Path(config.test_groundtruth_file).stem
     tracker.log_dict_to(run_id, result, f"test/{name}_epoch_{epoch}.json")
     print(json.dumps(json_safe({"checkpoint_epoch": epoch, **metrics}), indent=2))

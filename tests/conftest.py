@@ -1,10 +1,13 @@
-"""Shared test helpers: a tiny image dataset with manifests, JSON files, the CLI's environment."""
+"""Shared test helpers: a tiny image dataset with manifests, JSON files, the CLI's environment,
+training runs of the real CLI."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,8 @@ from PIL import Image
 from l2d.errors import L2DError
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests that read MLflow stores in-process would print a progress bar per download.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # A proxy in the environment would carry requests to loopback servers away from this machine.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
                    "ALL_PROXY")
@@ -117,3 +122,67 @@ def _write_json(root: str, name: str, data) -> str:
 def tiny_dataset(tmp_path) -> dict:
     """20 train and 10 test RGB 8x8 images, 3 classes, 2 experts; see ``make_dataset``."""
     return make_dataset(tmp_path, num_train=20, num_test=10, num_classes=3, num_experts=2)
+
+
+TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
+# The surrogate methods' one network, as small.
+TINY_NETWORK = ["--model", "cnn", "--width", "4", "--no-tqdm"]
+
+
+def train_argv(data: dict, *extra: str, models: list[str] = TINY_MODELS) -> list[str]:
+    return [
+        sys.executable, "-m", "l2d", "train",
+        "--train-files", ",".join(data["train_experts"]),
+        "--train-groundtruth-file", data["train_groundtruth"],
+        "--test-files", ",".join(data["test_experts"]),
+        "--test-groundtruth-file", data["test_groundtruth"],
+        *models, *extra,
+    ]
+
+
+def run_cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=cwd, env={**cli_env(), **env}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def only_run(client):
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def routed_by_test(client, run_id: str, tmp_path: Path) -> list[int]:
+    """The option ``l2d train --test`` chose per test entry (its JSON artifact's ``routed_to``;
+    K is the classifier), from the run's latest ``--test``."""
+    artifacts = sorted(f.path for f in client.list_artifacts(run_id, "test"))
+    path = client.download_artifacts(run_id, artifacts[-1], str(tmp_path))
+    return load(path)["routed_to"]
+
+
+def expert_indices(routed: list[int], num_experts: int) -> list[int]:
+    """``routed`` as the model's ``expert_index`` column: -1 where the classifier keeps it."""
+    return [-1 if k == num_experts else k for k in routed]
+
+
+def load_deferral_system(tracking_uri: str, run_id: str):
+    """``mlflow.pyfunc.load_model("runs:/ID/deferral_system")`` from the store ``tracking_uri``."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(f"runs:/{run_id}/deferral_system")
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def decoded_test_split(data: dict) -> tuple[list[str], np.ndarray]:
+    """The test split's files, in manifest order, and their pixels decoded as training does."""
+    from l2d.data.manifest import read_manifest
+    from l2d.trained_system import read_image_files
+
+    files = [file for file, _ in read_manifest(data["test_groundtruth"])]
+    return files, read_image_files(files, data["test_groundtruth"])

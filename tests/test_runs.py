@@ -14,7 +14,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import cli_env, free_port, make_dataset
+from conftest import (
+    expert_indices,
+    load_deferral_system,
+    routed_by_test,
+    decoded_test_split,
+    TINY_NETWORK,
+    cli_env,
+    free_port,
+    make_dataset,
+    only_run,
+    run_cli,
+    train_argv,
+)
 from mlflow import MlflowClient
 
 from l2d import metrics
@@ -22,36 +34,6 @@ from l2d.data.manifest import load_split, read_manifest
 from l2d.methods import em
 from l2d.methods.base import TRAIN_COVERAGE
 from l2d.methods.one_network import SURROGATE_LOSS
-
-TINY_MODELS = ["--clf-width", "4", "--dfr-width", "2", "--no-tqdm"]
-# The surrogate methods' one network, as small.
-TINY_NETWORK = ["--model", "cnn", "--width", "4", "--no-tqdm"]
-
-
-def train_argv(data: dict, *extra: str, models: list[str] = TINY_MODELS) -> list[str]:
-    return [
-        sys.executable, "-m", "l2d", "train",
-        "--train-files", ",".join(data["train_experts"]),
-        "--train-groundtruth-file", data["train_groundtruth"],
-        "--test-files", ",".join(data["test_experts"]),
-        "--test-groundtruth-file", data["test_groundtruth"],
-        *models, *extra,
-    ]
-
-
-def run_cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, cwd=cwd, env={**cli_env(), **env}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def only_run(client: MlflowClient):
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments)
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return runs[0]
-
 
 def final_metrics(client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
     path = client.download_artifacts(run_id, "final_metrics.json", str(tmp_path))
@@ -133,8 +115,11 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
 @pytest.mark.parametrize("method", ["softmax", "ova"])
 def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
         dataset, tmp_path, method):
+    # ova's test split (and its logged model's batches) are assigned within share bounds.
+    bounds = ["--max-share", "0.4,0.4,1", "--test-workload", "enforce"] if method == "ova" else []
     run_cli(train_argv(dataset, "--method", method, "--batch-size", "8", "--num-epochs", "2",
-                       "--checkpoint-every", "1", "--augment", models=TINY_NETWORK), tmp_path)
+                       "--checkpoint-every", "1", "--augment", *bounds, models=TINY_NETWORK),
+            tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = only_run(client)
     run_id = run.info.run_id
@@ -151,6 +136,11 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     printed = json.loads(result.stdout)
     assert printed.pop("checkpoint_epoch") == 2
     np.testing.assert_equal(printed, final)
+    # The MLflow model logged at the end of the run routes the test images as --test did.
+    _, images = decoded_test_split(dataset)
+    model = load_deferral_system(client.tracking_uri, run_id)
+    assert model.predict(images)["expert_index"].tolist() == expert_indices(
+        routed_by_test(client, run_id, tmp_path), num_experts=2)
 
     # Without the last checkpoint, --resume trains epoch 2 again: the same numbers.
     checkpoints = tmp_path / "artifacts" / run_id / "checkpoints"

@@ -1,0 +1,225 @@
+"""The trained system outside training, on one tiny EM run with enforced workload bounds: the
+MLflow model ``deferral_system`` from Python, ``l2d predict`` and ``l2d export`` from the shell,
+and ``mlflow models serve`` over HTTP, under load."""
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import (
+    cli_env,
+    decoded_test_split,
+    expert_indices,
+    free_port,
+    load_deferral_system,
+    make_dataset,
+    only_run,
+    routed_by_test,
+    run_cli,
+    train_argv,
+)
+from mlflow import MlflowClient
+from PIL import Image
+
+from l2d.methods.base import MEASUREMENTS_TAG
+from l2d.plot import CURVE_PLOT, method_plots
+
+NUM_EXPERTS = 2
+REGISTERED = "tiny-system"
+# The load test: requests, concurrent clients, and the largest batch of one request.
+REQUESTS, CLIENTS, MAX_BATCH = 500, 8, 16
+
+
+@pytest.fixture(scope="module")
+def em_run(tmp_path_factory):
+    """A 2-epoch EM run whose test split is assigned within share bounds, registered as
+    ``REGISTERED``, then evaluated once with ``--test``."""
+    root = tmp_path_factory.mktemp("serving")
+    data = make_dataset(root / "data", num_train=40, num_test=12, num_classes=3,
+                        num_experts=NUM_EXPERTS)
+    run_cli(train_argv(data, "--batch-size", "8", "--num-epochs", "2", "--max-share",
+                       "0.4,0.4,1", "--test-workload", "enforce", "--register-model",
+                       REGISTERED), root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = only_run(client).info.run_id
+    run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id], root)
+    files, images = decoded_test_split(data)
+    return types.SimpleNamespace(
+        root=root, data=data, uri=uri, client=client, run_id=run_id, files=files,
+        images=images, model=load_deferral_system(uri, run_id),
+        expected=expert_indices(routed_by_test(client, run_id, root), NUM_EXPERTS))
+
+
+def l2d_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "l2d", *argv], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_logs_its_model_and_plots_and_registers_the_model(em_run):
+    info = em_run.model.metadata
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert [spec.name for spec in info.signature.outputs.inputs][:3] == [
+        "decision", "expert_index", "label"]
+    plots = {os.path.basename(f.path) for f in em_run.client.list_artifacts(em_run.run_id,
+                                                                          "plots")}
+    tags = em_run.client.get_run(em_run.run_id).data.tags
+    assert plots == {plot.file for plot in method_plots("em", tags[MEASUREMENTS_TAG])} | {
+        CURVE_PLOT}
+    versions = em_run.client.search_model_versions(f"name = '{REGISTERED}'")
+    assert [version.run_id for version in versions] == [em_run.run_id]
+
+
+def test_model_routes_pixels_and_paths_as_test_did(em_run):
+    decisions = em_run.model.predict(em_run.images)
+    assert decisions["expert_index"].tolist() == em_run.expected
+    experts = sorted(set(decisions.columns) - {"decision", "expert_index", "label"})
+    names = [name.removeprefix("score/") for name in experts]
+    assert set(decisions["decision"]) <= set(names)
+    kept = decisions["expert_index"] == -1
+    assert (decisions["decision"][kept] == "classifier").all()
+    assert (decisions["label"][~kept] == "").all() and decisions["label"][kept].isin(
+        ["0", "1", "2"]).all()
+    from_paths = em_run.model.predict(np.array(em_run.files, dtype=object))
+    assert from_paths.equals(decisions)
+    # The enforced bounds hold on the batch: at most ceil(0.4 * 12) = 5 images per expert.
+    assert max(np.bincount(decisions["expert_index"][~kept], minlength=2)) <= 5
+    # "argmax" routes each image to its highest score instead.
+    argmax = em_run.model.predict(em_run.images, params={"workload": "argmax"})
+    scores = argmax[[c for c in argmax.columns if c.startswith("score/")]].to_numpy()
+    highest = np.argmax(scores, axis=1)
+    assert argmax["expert_index"].tolist() == [-1 if k == NUM_EXPERTS else k for k in highest]
+
+
+@pytest.mark.parametrize("model_input, message", [
+    (np.zeros((2, 7, 7, 3), np.uint8),
+     "input: images of 7x7x3; this system was trained on 8x8x3 (HxWxC)"),
+    (np.zeros((1, 8, 8, 1), np.uint8),
+     "input: images of 8x8x1; this system was trained on 8x8x3 (HxWxC)"),
+    (np.array(["/nowhere/a.png"], dtype=object),
+     "input: entry 0 ('/nowhere/a.png'): image file not found"),
+])
+def test_model_input_errors_name_the_problem(em_run, model_input, message):
+    with pytest.raises(mlflow.exceptions.MlflowException) as error:
+        em_run.model.predict(model_input)
+    assert str(error.value) == message
+
+
+def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path):
+    output = tmp_path / "decisions.json"
+    result = l2d_cli("predict", "--run-id", em_run.run_id, "--manifest",
+                     em_run.data["test_groundtruth"], "--output", str(output), cwd=em_run.root)
+    assert result.returncode == 0, result.stderr
+    decisions = json.loads(output.read_text())
+    assert [d["file"] for d in decisions] == em_run.files
+    assert [d["expert_index"] for d in decisions] == em_run.expected
+    counts = {name: sum(d["decision"] == name for d in decisions)
+              for name in decisions[0]["scores"]}
+    assert result.stdout.strip() == (
+        f"12 images: {', '.join(f'{n} {c}' for n, c in counts.items())}; decisions in {output}")
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for file in em_run.files[:3]:
+        (folder / os.path.basename(file)).write_bytes(open(file, "rb").read())
+    result = l2d_cli("predict", "--run-id", em_run.run_id, "--images", str(folder),
+                     "--output", str(tmp_path / "folder.json"), cwd=em_run.root)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads((tmp_path / "folder.json").read_text())) == 3
+
+
+def test_predict_command_errors_are_one_line(em_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "small").mkdir()
+    Image.new("RGB", (7, 7)).save(tmp_path / "small" / "a.png")
+    cases = [
+        (["--run-id", "0" * 32, "--images", str(tmp_path / "small")],
+         f"l2d: error: --run-id={'0' * 32}: no such run in {em_run.uri}"),
+        (["--run-id", em_run.run_id, "--images", str(tmp_path / "empty")],
+         f"l2d: error: --images={tmp_path / 'empty'}: no image files"),
+        (["--run-id", em_run.run_id, "--images", str(tmp_path / "small")],
+         f"l2d: error: {tmp_path / 'small'}: entry 0 ({str(tmp_path / 'small' / 'a.png')!r}): "
+         "image of 7x7x3; the run's system takes 8x8x3 (HxWxC)"),
+    ]
+    for argv, start in cases:
+        result = l2d_cli("predict", *argv, "--output", str(tmp_path / "out.json"),
+                         cwd=em_run.root)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(start), result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_export_logs_a_model_to_an_existing_run_and_keeps_its_status(em_run, tmp_path):
+    result = l2d_cli("export", "--run-id", em_run.run_id, "--register-model", "exported",
+                     cwd=em_run.root)
+    assert result.returncode == 0, result.stderr
+    model_uri = result.stdout.split()[0]
+    assert model_uri.startswith("models:/")
+    assert em_run.client.get_run(em_run.run_id).info.status == "FINISHED"
+    versions = em_run.client.search_model_versions("name = 'exported'")
+    assert [version.run_id for version in versions] == [em_run.run_id]
+    mlflow.set_tracking_uri(em_run.uri)
+    exported = mlflow.pyfunc.load_model(model_uri)
+    assert exported.predict(em_run.images)["expert_index"].tolist() == em_run.expected
+
+
+def post(url: str, images: np.ndarray, timeout: float = 60) -> list[int]:
+    body = json.dumps({"inputs": images.tolist()}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return [row["expert_index"] for row in json.loads(response.read())["predictions"]]
+
+
+def test_served_model_answers_as_local_predict_under_load(em_run):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/invocations"
+    started = time.monotonic()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+         f"runs:/{em_run.run_id}/deferral_system", "--env-manager", "local", "-h", "127.0.0.1",
+         "-p", str(port)],
+        cwd=em_run.root, env={**cli_env(), "MLFLOW_TRACKING_URI": em_run.uri,
+                              # MLflow starts the `uvicorn` of PATH, as in an activated venv.
+                              "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        first = None
+        while first is None:
+            assert time.monotonic() - started < 180, "no answer within 180 s"
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                first = post(url, em_run.images, timeout=30)
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.25)
+        first_answer_s = time.monotonic() - started
+        assert first == em_run.expected
+
+        rng = np.random.default_rng(0)
+        requests = [rng.choice(len(em_run.images), size=rng.integers(1, MAX_BATCH + 1))
+                    for _ in range(REQUESTS)]
+        # The bounds apply to each request's batch, as to a local predict of the same images.
+        expected = [em_run.model.predict(em_run.images[rows])["expert_index"].tolist()
+                    for rows in requests]
+        load_started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as clients:
+            answers = list(clients.map(lambda rows: post(url, em_run.images[rows]), requests))
+        seconds = time.monotonic() - load_started
+        assert answers == expected
+        print(f"\nmlflow models serve: first answer {first_answer_s:.1f} s after launch; "
+              f"{REQUESTS} requests of 1-{MAX_BATCH} images from {CLIENTS} clients: "
+              f"{REQUESTS / seconds:.1f} requests/s")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

@@ -1,0 +1,102 @@
+"""Screenshots of what MLflow's UI shows for an l2d run: its page, the runs table, the chart view
+and the run's artifacts (plots and the deferral_system model), taken with headless Chromium.
+
+    python tools/ui_screenshots.py --backend-store-uri sqlite:///$PWD/mlflow.db --output shots
+
+Needs Debian's ``chromium`` package (``apt-get install chromium``); it is not part of CI. Starts
+``mlflow ui`` on a free loopback port, waits for ``/health``, takes the screenshots of the run
+given (by default the newest run of the store) and stops the server.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+# MLflow 3.17 opens experiments in its GenAI view unless the address asks for model training.
+TRAINING_VIEW = "workflowType=machine_learning"
+# Seconds Chromium lets the page's scripts run before it takes the screenshot.
+RENDER_BUDGET_MS = 15000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(base: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"mlflow ui exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"mlflow ui did not answer {base}/health within {timeout_s} s")
+
+
+def pages(base: str, experiment_id: str, run_id: str) -> dict[str, str]:
+    """Screenshot file name -> address."""
+    experiment = f"{base}/#/experiments/{experiment_id}"
+    return {
+        "run_page.png": f"{experiment}/runs/{run_id}?{TRAINING_VIEW}",
+        "run_artifacts.png": f"{experiment}/runs/{run_id}/artifacts?{TRAINING_VIEW}",
+        "runs_table.png": f"{experiment}/runs?{TRAINING_VIEW}",
+        "chart_view.png": f"{experiment}/runs?compareRunsMode=CHART&{TRAINING_VIEW}",
+    }
+
+
+def screenshot(chromium: str, address: str, path: Path) -> None:
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1400,1000", f"--virtual-time-budget={RENDER_BUDGET_MS}",
+                    f"--screenshot={path}", address],
+                   check=True, capture_output=True, timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend-store-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    parser.add_argument("--run-id", help="default: the newest run of the store")
+    parser.add_argument("--output", default="screenshots", type=Path)
+    parser.add_argument("--chromium", default="chromium")
+    args = parser.parse_args()
+
+    client = MlflowClient(args.backend_store_uri)
+    if args.run_id:
+        run = client.get_run(args.run_id)
+    else:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if not runs:
+            sys.exit(f"{args.backend_store_uri}: no runs")
+        run = runs[0]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.backend_store_uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_health(base, server)
+        args.output.mkdir(parents=True, exist_ok=True)
+        for name, address in pages(base, run.info.experiment_id, run.info.run_id).items():
+            screenshot(args.chromium, address, args.output / name)
+            print(f"{args.output / name}: {address}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
