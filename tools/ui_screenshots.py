@@ -1,5 +1,5 @@
-"""Screenshots of what MLflow's UI shows for an l2d run: its page, the runs table, the chart view
-and the run's artifacts (plots and the deferral_system model), taken with headless Chromium.
+"""Screenshots of what MLflow's UI shows for an l2d run: its page, its accuracy-coverage plot
+among its artifacts, the runs table and the chart view, taken with headless Chromium.
 
     python tools/ui_screenshots.py --backend-store-uri sqlite:///$PWD/mlflow.db --output shots
 
@@ -50,7 +50,8 @@ def pages(base: str, experiment_id: str, run_id: str) -> dict[str, str]:
     experiment = f"{base}/#/experiments/{experiment_id}"
     return {
         "run_page.png": f"{experiment}/runs/{run_id}?{TRAINING_VIEW}",
-        "run_artifacts.png": f"{experiment}/runs/{run_id}/artifacts?{TRAINING_VIEW}",
+        "run_plots.png": (f"{experiment}/runs/{run_id}/artifacts/plots/accuracy_coverage.png"
+                          f"?{TRAINING_VIEW}"),
         "runs_table.png": f"{experiment}/runs?{TRAINING_VIEW}",
         "chart_view.png": f"{experiment}/runs?compareRunsMode=CHART&{TRAINING_VIEW}",
     }
