@@ -161,6 +161,9 @@ def test_predict_command_errors_are_one_line(em_run, tmp_path):
 
 
 def test_export_logs_a_model_to_an_existing_run_and_keeps_its_status(em_run, tmp_path):
+    unknown = l2d_cli("export", "--run-id", "0" * 32, cwd=em_run.root)
+    assert unknown.returncode == 2 and unknown.stderr == (
+        f"l2d: error: --run-id={'0' * 32}: no such run in {em_run.uri}\n")
     result = l2d_cli("export", "--run-id", em_run.run_id, "--register-model", "exported",
                      cwd=em_run.root)
     assert result.returncode == 0, result.stderr
@@ -204,6 +207,12 @@ def test_served_model_answers_as_local_predict_under_load(em_run):
                 time.sleep(0.25)
         first_answer_s = time.monotonic() - started
         assert first == em_run.expected
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(url, np.zeros((2, 7, 7, 3), np.uint8))
+        assert refused.value.code == 400
+        # MLflow's server puts the input before the model's message.
+        assert json.loads(refused.value.read())["message"].endswith(
+            "input: images of 7x7x3; this system was trained on 8x8x3 (HxWxC)")
 
         rng = np.random.default_rng(0)
         requests = [rng.choice(len(em_run.images), size=rng.integers(1, MAX_BATCH + 1))
