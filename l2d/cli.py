@@ -359,6 +359,11 @@ def check_method_flags(given: dict, config: TrainConfig) -> None:
         owners = [method for method, fields in METHOD_FIELDS.items() if name in fields]
         raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
                        f"{' or '.join(owners)}, not by --method {config.method}")
+    bounds = [name for name in ("max_share", "min_share") if name in given]
+    if bounds and config.method != "em" and config.test_workload != "enforce":
+        # EM's E-step reads the bounds in training; the other methods only route by them.
+        raise L2DError(f"--{bounds[0].replace('_', '-')}: --method {config.method} uses the "
+                       "bounds only with --test-workload enforce")
     if "missing" in given and not config.allow_missing_annotations:
         raise L2DError(f"--missing={config.missing}: only with --allow-missing-annotations")
     for name in ("ann_model", "ann_width"):
@@ -371,6 +376,7 @@ def run_train_command(given: dict) -> None:
     resume = given.pop("resume", False)
     run_id = given.pop("run_id", None)
     register_model = given.pop("register_model", None)
+    check_model_name(register_model)
     if mode == "test" and resume:
         raise L2DError("--resume and --test exclude each other")
     if mode == "test" and register_model:
@@ -411,10 +417,21 @@ def open_tracking_store(uri: str | None, run_id: str):
     return tracker
 
 
+def check_model_name(name: str | None) -> None:
+    """The MLflow Model Registry's rule, checked before hours of training rather than after."""
+    if name is not None and (not name.strip() or "/" in name or ":" in name):
+        raise L2DError(f"--register-model={name!r}: a registered model's name is not empty and "
+                       "has no '/' or ':'")
+
+
 def run_export_command(args: dict) -> None:
+    check_model_name(args["register_model"])
     tracker = open_tracking_store(args["tracking_uri"], args["run_id"])
     config = stored_config({"artifact_path": args["artifact_path"]}, args["run_id"],
                            allowed=RUNTIME_FIELDS)
+    # One process reads the checkpoint, whatever the run was trained on.
+    config = dataclasses.replace(config, coordinator_address=None, num_processes=1,
+                                 process_id=0)
     start_jax(config)
     from l2d.export import export
 
@@ -432,7 +449,7 @@ def run_predict_command(args: dict) -> None:
 
     files = (predict.image_files_in(Path(source)) if args["images"] is not None
              else predict.image_files_of_manifest(Path(source)))
-    system = load_trained_system(tracker, args["run_id"])
+    system = load_trained_system(tracker.uri, args["run_id"])
     table = predict.route_files(system, files, source, workload=args["workload"],
                                 progress=None)
     predict.write_decisions(Path(args["output"]), files, table, system.options)

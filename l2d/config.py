@@ -209,12 +209,6 @@ class TrainConfig:
         check_share_bounds(self.min_share, self.max_share, len(self.train_files) + 1)
         if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
             fail("test_workload", self.test_workload, "needs --max-share or --min-share")
-        bounded = self.min_share is not None or self.max_share is not None
-        if bounded and self.method != "em" and self.test_workload != "enforce":
-            # EM's E-step reads the bounds in training; the other methods only route by them.
-            fail("max_share" if self.max_share is not None else "min_share",
-                 ",".join(f"{v:g}" for v in (self.max_share or self.min_share)),
-                 f"--method {self.method} uses the bounds only with --test-workload enforce")
         if self.missing not in MISSING_MODES:
             fail("missing", self.missing, f"choose one of {MISSING_MODES}")
         if self.missing == "model" and not self.allow_missing_annotations:

@@ -1,6 +1,8 @@
 """``l2d export``: log the MLflow model ``deferral_system`` of an existing run from its latest
-checkpoint (a run trained before l2d logged it, or one to register), without changing the run's
-status."""
+checkpoint (a run trained before l2d logged it, or one to register), leaving the run's status
+and end time as they were."""
+
+import sys
 
 import numpy as np
 
@@ -11,13 +13,9 @@ from l2d.errors import L2DError
 from l2d.methods import make_method
 from l2d.parallel import data_parallel
 from l2d.system import build_state
-from l2d.trained_system import read_image_files
+from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
 from l2d.tracking import MlflowTracker
 from l2d.train import run_folder
-
-# Images of the input example.
-EXAMPLE_IMAGES = 2
-
 
 def export(config: TrainConfig, run_id: str, tracker: MlflowTracker, *,
            register_model: str | None = None) -> str:
@@ -40,5 +38,6 @@ def example_images(config: TrainConfig) -> np.ndarray:
     try:
         files = [file for file, _ in read_manifest(config.test_groundtruth_file)]
         return read_image_files(files[:EXAMPLE_IMAGES], config.test_groundtruth_file)
-    except L2DError:
+    except L2DError as error:
+        print(f"l2d: the input example is black images: {error}", file=sys.stderr)
         return np.zeros((EXAMPLE_IMAGES, *config.image_shape), np.uint8)

@@ -3,14 +3,16 @@
 The model carries the folder of ``l2d.trained_system`` as its one artifact and l2d's own code
 (``code_paths``), so that it loads wherever l2d's dependencies are installed, with the code that
 trained it. ``predict`` takes a batch of images, either uint8 pixels ``[N, H, W, C]`` or image
-file paths as a 1-D array of strings, and returns one row per image: ``decision`` ("classifier" or the expert's name), ``expert_index`` (-1 when the
-classifier keeps it), ``label`` (the classifier's class when it keeps the image, else empty) and
-``score/<option>`` for every option.
+file paths as a 1-D numpy array of dtype object (MLflow's schema check refuses lists and string
+dtypes, and over HTTP only pixels pass it), and returns one row per image: ``decision``
+("classifier" or the expert's name), ``expert_index`` (-1 when the classifier keeps it),
+``label`` (the classifier's class when it keeps the image, else empty) and ``score/<option>`` for
+every option.
 
 The input signature declares uint8 tensors ``[N, H, W, C]`` of any height, width and channels
-(and MLflow lets 1-D arrays of strings through it), so that images of another shape are reported
-by l2d, naming their shape and the system's, rather than by MLflow's schema check, which quotes
-the whole input; MLflow's check refuses other dtypes and ranks.
+(and MLflow lets 1-D object arrays through it), so that images of another shape are reported by
+l2d, naming their shape and the system's, rather than by MLflow's schema check, which quotes the
+whole input; MLflow's check refuses other dtypes and ranks.
 The parameter ``workload`` ("argmax" or "enforce") overrides the run's ``--test-workload``.
 """
 
@@ -38,18 +40,19 @@ from l2d.trained_system import (
 
 MODEL_NAME = "deferral_system"
 SYSTEM_ARTIFACT = "system"
-# Images of the input example: the first test images of the run.
-EXAMPLE_IMAGES = 2
 
 
 class DeferralSystemModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of ``TrainedSystem`` (see the module docstring)."""
 
     def load_context(self, context) -> None:
+        """Load the trained system from the model's one artifact, its folder."""
         self.system = TrainedSystem(Path(context.artifacts[SYSTEM_ARTIFACT]))
 
     # The ndarray hint is what MLflow's tensor signature hands over; MLflow infers nothing from it.
     def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
+        """The decision table of a batch (see the module docstring); ``params["workload"]``
+        overrides the run's routing."""
         try:
             images = self.images(model_input)
             workload = (params or {}).get("workload") or None
@@ -61,10 +64,6 @@ class DeferralSystemModel(mlflow.pyfunc.PythonModel):
 
     def images(self, model_input) -> np.ndarray:
         """uint8 ``[N, H, W, C]`` from pixels or from paths (decoded as in training)."""
-        if isinstance(model_input, pd.DataFrame):
-            model_input = model_input.to_numpy()
-        if isinstance(model_input, (list, tuple)) and all(isinstance(p, str) for p in model_input):
-            model_input = np.asarray(model_input, dtype=object)
         array = np.asarray(model_input)
         if array.ndim == 1 and array.dtype.kind in "OUS":
             if not all(isinstance(p, str) for p in array.tolist()):
@@ -76,6 +75,8 @@ class DeferralSystemModel(mlflow.pyfunc.PythonModel):
 
 
 def signature(config: TrainConfig) -> ModelSignature:
+    """Input: uint8 images of any shape (l2d checks theirs); output: the decision table's
+    columns; parameter: ``workload``, by default the run's ``--test-workload``."""
     options = [*expert_names(config.train_files), CLASSIFIER]
     outputs = [ColSpec(DataType.string, "decision"), ColSpec(DataType.long, "expert_index"),
                ColSpec(DataType.string, "label"),
@@ -98,7 +99,7 @@ def log_deferral_system(config: TrainConfig, model_state, example_images: np.nda
             artifacts={SYSTEM_ARTIFACT: str(system_folder)},
             code_paths=[str(Path(l2d.__file__).parent)],
             signature=signature(config),
-            input_example=np.ascontiguousarray(example_images[:EXAMPLE_IMAGES], np.uint8),
+            input_example=np.ascontiguousarray(example_images, np.uint8),
             pip_requirements=requirements(),
             registered_model_name=registered_model_name,
             metadata={"l2d_version": l2d.__version__, "method": config.method,
@@ -123,9 +124,10 @@ def requirements() -> list[str]:
     return pins
 
 
-def load_trained_system(tracker, run_id: str) -> TrainedSystem:
-    """The ``TrainedSystem`` inside the ``deferral_system`` model of ``run_id``, loaded through
-    MLflow as a served model is; L2DError if the run has none."""
+def load_trained_system(tracking_uri: str, run_id: str) -> TrainedSystem:
+    """The ``TrainedSystem`` inside the ``deferral_system`` model of ``run_id`` in the store
+    ``tracking_uri``, loaded through MLflow as a served model is; L2DError if the run has none."""
+    mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
     except MlflowException as error:

@@ -3,8 +3,8 @@ the decision, the classifier's label where it keeps the image, and every option'
 
 Images come from a folder (every image file under it, in sorted path order) or from a manifest
 (``[{"file": ...}, ...]``, l2d's format; a ``label`` is allowed and ignored). They are decoded
-through MLX-Data in chunks, as in training, and scored chunk by chunk; routing then sees all of
-them at once, so that ``--workload enforce`` bounds the shares of the whole input.
+once through MLX-Data, as in training, and scored in chunks; routing then sees all of them at
+once, so that ``--workload enforce`` bounds the shares of the whole input.
 """
 
 import json
@@ -13,7 +13,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from l2d.errors import L2DError
@@ -21,8 +20,6 @@ from l2d.trained_system import TrainedSystem, read_image_files
 
 # What MLX-Data's decoder (stb_image) reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pnm", ".ppm", ".pgm")
-# Files decoded at a time: bounds the memory of decoded pixels.
-DECODE_CHUNK = 2048
 
 
 def image_files_in(folder: Path) -> list[str]:
@@ -54,7 +51,9 @@ def image_files_of_manifest(path: Path) -> list[str]:
         file = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(file, str) or not file:
             raise L2DError(f"{path}: entry {i}: needs a 'file' key with a non-empty path")
-        files.append(os.path.normpath(os.path.join(path.resolve().parent, file)))
+        # As l2d's manifests: relative to the manifest's folder, an absolute path as it is.
+        files.append(os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                   file)))
     return files
 
 
@@ -62,22 +61,16 @@ def route_files(system: TrainedSystem, files: list[str], source: str, *,
                 workload: str | None, progress: bool | None) -> dict[str, list]:
     """The decision table (``TrainedSystem.rows``) of ``files``; ``source`` names them in
     errors. ``progress`` None shows a bar only on a terminal."""
-    scores, classes = [], []
-    with tqdm(total=len(files), desc="images", unit="img", disable=None if progress else True,
-              file=sys.stderr) as bar:
-        for start in range(0, len(files), DECODE_CHUNK):
-            chunk = files[start:start + DECODE_CHUNK]
-            images = read_image_files(chunk, source)
-            if images.shape[1:] != system.image_shape:
-                raise L2DError(
-                    f"{source}: entry {start} ({chunk[0]!r}): image of "
-                    f"{'x'.join(map(str, images.shape[1:]))}; the run's system takes "
-                    f"{'x'.join(map(str, system.image_shape))} (HxWxC)")
-            chunk_scores, chunk_classes = system.score(images, on_chunk=bar.update)
-            scores.append(chunk_scores)
-            classes.append(chunk_classes)
-    return system.rows(system.route(np.concatenate(scores), np.concatenate(classes),
-                                    workload=workload))
+    images = read_image_files(files, source)
+    if images.shape[1:] != system.image_shape:
+        # Every image has the first one's shape (read_image_files checks), so it names the input.
+        raise L2DError(f"{source}: entry 0 ({files[0]!r}): image of "
+                       f"{'x'.join(map(str, images.shape[1:]))}; the run's system takes "
+                       f"{'x'.join(map(str, system.image_shape))} (HxWxC)")
+    with tqdm(total=len(files), desc="images", unit="img",
+              disable=None if progress is None else not progress, file=sys.stderr) as bar:
+        scores, classes = system.score(images, on_chunk=bar.update)
+    return system.rows(system.route(scores, classes, workload=workload))
 
 
 def write_decisions(path: Path, files: list[str], table: dict[str, list],

@@ -1,5 +1,5 @@
-"""MLflow tracking: the only module that imports mlflow, besides the model of
-``l2d.mlflow_model``.
+"""MLflow tracking of runs. Only this module and the MLflow model of ``l2d.mlflow_model`` (with
+``l2d.model_code``) import mlflow; ``l2d.plot`` reads runs through a tracker of this module.
 
 The default store is embedded (``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``),
 so nothing has to be started; ``--tracking-uri http://...`` talks to ``mlflow_server.sh``.
@@ -243,14 +243,17 @@ class MlflowTracker:
 
     def log_deferral_system_to(self, run_id: str, config, model_state, example_images, *,
                                registered_model_name: str | None = None) -> str:
-        """``log_deferral_system`` to an existing run, whose status stays as it was."""
-        status = self.client.get_run(run_id).info.status
+        """``log_deferral_system`` to an existing run, whose status and end time stay as they
+        were (MLflow logs a model only to an active run, so the run is reopened meanwhile)."""
+        before = self.client.get_run(run_id).info
         self._mlflow.start_run(run_id=run_id)
         try:
             return self.log_deferral_system(config, model_state, example_images,
                                             registered_model_name=registered_model_name)
         finally:
-            self._mlflow.end_run(status=status)
+            self._mlflow.end_run(status=before.status)
+            if before.end_time is not None:
+                self.client.set_terminated(run_id, before.status, end_time=before.end_time)
 
     def log_plots(self, run_id: str) -> None:
         from l2d.plot import plot_runs

@@ -54,7 +54,7 @@ from l2d.tracking import (
     json_safe,
     resolve_tracking_uri,
 )
-from l2d.trained_system import read_image_files
+from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
 from l2d.workload import assign_with_bounds, enforced_share_bounds
 
@@ -178,9 +178,10 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
         tracker.log_dict(metrics, "final_metrics.json")
         tracker.log_dict(deferral_table(counts), "deferral_table.json")
         if parallel.is_main:
-            log_trained_system(tracker, config, parallel.fetch(state[0]), dataset,
+            log_trained_system(tracker, run_id, config, parallel.fetch(state[0]), dataset,
                                register_model=register_model)
-            tracker.log_plots(run_id)
+        # A Ctrl-C while the model was logged ends the run KILLED, as during training.
+        stop.check()
     parallel.wait_for_all("l2d: run ended")
     return metrics
 
@@ -294,15 +295,34 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, manag
     return metrics, counts, state
 
 
-def log_trained_system(tracker, config, model_state, dataset, *, register_model) -> None:
-    """Log the model ``deferral_system``, its input example the first test images."""
+def log_trained_system(tracker, run_id, config, model_state, dataset, *, register_model
+                       ) -> None:
+    """Log the model ``deferral_system`` (its input example the first test images) and the
+    plots of the run.
+
+    A failure of MLflow here is one line (the run ends FAILED, its checkpoints kept); a failed
+    plot is only reported, since ``l2d plot`` can draw it again.
+    """
     example = dataset.test_images.pixels
-    if example is None:  # Streamed from disk: decode the two images the example needs.
-        example = read_image_files(dataset.test.files[:2], dataset.test.groundtruth_path)
-    uri = tracker.log_deferral_system(config, model_state, example[:2],
-                                      registered_model_name=register_model)
+    if example is None:  # Streamed from disk: decode the images the example needs.
+        example = read_image_files(dataset.test.files[:EXAMPLE_IMAGES],
+                                   dataset.test.groundtruth_path)
+    try:
+        uri = tracker.log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES],
+                                          registered_model_name=register_model)
+    except Exception as error:  # Any MLflow or store error: say it in one line.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise L2DError(f"logging the model deferral_system of run {run_id} failed "
+                       f"({first_line[:200]}); its checkpoints are kept, `l2d export --run-id "
+                       f"{run_id}` logs it") from None
     print(f"l2d: model {uri}" + (f", registered as {register_model}" if register_model else ""),
           file=sys.stderr)
+    try:
+        tracker.log_plots(run_id)
+    except Exception as error:  # Drawing or logging: the run itself is complete.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"l2d: warning: the plots of run {run_id} were not logged ({first_line[:200]}); "
+              f"`l2d plot --run-id {run_id}` draws them", file=sys.stderr)
 
 
 def report_first_step(totals, tracker) -> None:

@@ -26,6 +26,7 @@ from flax import nnx
 from l2d.config import TEST_WORKLOADS, TrainConfig
 from l2d.data.images import decode_all
 from l2d.data.manifest import SplitRecords
+from l2d.data.prepare import CLASSES_FILE
 from l2d.errors import L2DError
 from l2d.evaluate import decide_on_images, route
 from l2d.methods import make_method
@@ -38,8 +39,8 @@ SYSTEM_FILE = "system.json"
 CLASSIFIER = "classifier"
 # ``expert_index`` of an image the classifier keeps.
 KEPT = -1
-# The ground-truth manifest's neighbour that ``l2d prepare`` writes: class names by index.
-CLASS_NAMES_FILE = "classes.json"
+# Images of a model's input example: the first test images of the run.
+EXAMPLE_IMAGES = 2
 # Largest number of images scored by one call of the compiled program.
 MAX_CHUNK = 256
 
@@ -56,7 +57,7 @@ def expert_names(train_files) -> list[str]:
 def class_names(config: TrainConfig) -> list[str]:
     """The names of ``classes.json`` beside the training ground truth when it has one per class
     (``l2d prepare`` writes it), else the class indices as text."""
-    path = Path(config.train_groundtruth_file).parent / CLASS_NAMES_FILE
+    path = Path(config.train_groundtruth_file).parent / CLASSES_FILE
     try:
         names = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -220,7 +221,7 @@ def load_weights(path: Path, abstract_state):
 def read_image_files(files, source: str, *, num_threads: int = 4) -> np.ndarray:
     """Decode image files (through MLX-Data, as training does) into a uint8 ``[N, H, W, C]``
     array; L2DError naming ``source``, the entry and the file that is missing, unreadable or of
-    another shape than the first."""
+    another shape than the first, or saying that the pixels would not fit in memory."""
     files = tuple(str(Path(file).expanduser().resolve()) for file in files)
     for i, file in enumerate(files):
         if not Path(file).is_file():
@@ -228,4 +229,8 @@ def read_image_files(files, source: str, *, num_threads: int = 4) -> np.ndarray:
     split = SplitRecords(groundtruth_path=source, expert_paths=(), files=files,
                          labels=np.zeros(len(files), np.int32),
                          expert_labels=np.zeros((len(files), 0), np.int32))
-    return decode_all(split, num_threads=num_threads, keep=True).pixels
+    pixels = decode_all(split, num_threads=num_threads, keep=True).pixels
+    if pixels is None:
+        raise L2DError(f"{source}: the {len(files)} images do not fit in memory at once; route "
+                       "them in several parts")
+    return pixels

@@ -117,7 +117,7 @@ def assign_with_bounds(log_scores: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         bounds=np.stack([np.zeros(cost.size), available.ravel().astype(np.float64)], axis=1),
         method="highs-ds")
     if result.status != 0:
-        raise L2DError(f"the test split's {num_inputs} inputs cannot meet the workload bounds "
+        raise L2DError(f"the {num_inputs} inputs cannot meet the workload bounds "
                        f"(counts between {low.tolist()} and {high.tolist()} per option, with "
                        f"the annotations present): {result.message}")
     return np.argmax(result.x.reshape(num_inputs, options), axis=1)

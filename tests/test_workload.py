@@ -127,7 +127,7 @@ BASE = ["train", "--train-files", "a.json,b.json", "--train-groundtruth-file", "
     (["--max-share", "1.5,0.5,1"], "--max-share=1.5,0.5,1: every share must be in [0, 1]"),
     (["--test-workload", "enforce"], "--test-workload=enforce: needs --max-share or --min-share"),
     (["--method", "ova", "--max-share", "0.5,0.5,1"],
-     "--max-share=0.5,0.5,1: --method ova uses the bounds only with --test-workload enforce"),
+     "--max-share: --method ova uses the bounds only with --test-workload enforce"),
     (["--missing", "model"], "--missing=model: only with --allow-missing-annotations"),
     (["--missing", "exclude"], "--missing=exclude: only with --allow-missing-annotations"),
     (["--allow-missing-annotations", "--ann-width", "4"],
