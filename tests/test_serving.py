@@ -62,9 +62,8 @@ def em_run(tmp_path_factory):
         expected=expert_indices(routed_by_test(client, run_id, root), NUM_EXPERTS))
 
 
-def l2d_cli(*argv: str, cwd, workload: str | None = None) -> subprocess.CompletedProcess:
-    extra = ["--workload", workload] if workload else []
-    return subprocess.run([sys.executable, "-m", "l2d", *argv, *extra], cwd=cwd, env=cli_env(),
+def l2d_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "l2d", *argv], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -117,7 +116,15 @@ def test_model_input_errors_name_the_problem(em_run, model_input, message):
     assert str(error.value) == message
 
 
-def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path):
+def in_process_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """(exit code, stderr) of ``l2d ARGV`` run in this process, from the run's folder; JAX's
+    set-up is left as the tests have it (the errors tested here come before or after it)."""
+    monkeypatch.setattr(cli, "start_jax", lambda config: None)
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path, monkeypatch, capsys):
     output = tmp_path / "decisions.json"
     result = l2d_cli("predict", "--run-id", em_run.run_id, "--manifest",
                      em_run.data["test_groundtruth"], "--output", str(output), cwd=em_run.root)
@@ -137,22 +144,15 @@ def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path):
     for file in em_run.files[:4]:
         (folder / os.path.basename(file)).write_bytes(open(file, "rb").read())
     (folder / "notes.txt").write_text("not an image")
-    result = l2d_cli("predict", "--run-id", em_run.run_id, "--images", str(folder),
-                     "--output", str(tmp_path / "folder.json"), cwd=em_run.root,
-                     workload="argmax")
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(em_run.root)
+    code, stderr = in_process_cli(monkeypatch, capsys, "predict", "--run-id", em_run.run_id,
+                                  "--images", str(folder), "--output",
+                                  str(tmp_path / "folder.json"), "--workload", "argmax")
+    assert code == 0, stderr
     routed = {os.path.basename(d["file"]): d["expert_index"]
               for d in json.loads((tmp_path / "folder.json").read_text())}
     argmax = em_run.model.predict(em_run.images[:4], params={"workload": "argmax"})
     assert routed == dict(zip(map(os.path.basename, em_run.files[:4]), argmax["expert_index"]))
-
-
-def in_process_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    """(exit code, stderr) of ``l2d ARGV`` run in this process, from the run's folder; JAX's
-    set-up is left as the tests have it (the errors tested here come before or after it)."""
-    monkeypatch.setattr(cli, "start_jax", lambda config: None)
-    code = cli.main(list(argv))
-    return code, capsys.readouterr().err
 
 
 def test_predict_command_errors_are_one_line(em_run, tmp_path, monkeypatch, capsys):
@@ -188,10 +188,8 @@ def test_export_logs_a_model_to_an_existing_run_and_keeps_its_status(em_run, mon
            "no '/' or ':'\n")
     # A run killed earlier stays KILLED, with its end time.
     em_run.client.set_terminated(em_run.run_id, "KILLED", end_time=1_000_000)
-    result = l2d_cli("export", "--run-id", em_run.run_id, "--register-model", "exported",
-                     cwd=em_run.root)
-    assert result.returncode == 0, result.stderr
-    model_uri = result.stdout.split()[0]
+    assert cli.main(["export", "--run-id", em_run.run_id, "--register-model", "exported"]) == 0
+    model_uri = capsys.readouterr().out.split()[0]  # start_jax is still stubbed, as above.
     assert model_uri.startswith("models:/")
     info = em_run.client.get_run(em_run.run_id).info
     assert (info.status, info.end_time) == ("KILLED", 1_000_000)
