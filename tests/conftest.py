@@ -24,6 +24,21 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "al
                    "ALL_PROXY")
 
 
+# The user property of a test that measured something worth printing (``pytest_terminal_summary``).
+MEASURED = "measured"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what tests measured at the end of the output: pytest-xdist workers' own output is
+    not shown, but their reports' user properties come back."""
+    lines = [value for report in terminalreporter.stats.get("passed", [])
+             for name, value in report.user_properties if name == MEASURED]
+    if lines:
+        terminalreporter.write_sep("-", "measured")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def cli_env() -> dict[str, str]:
     """Environment for ``python -m l2d`` subprocesses: this checkout, the CPU, no proxy."""
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
