@@ -13,9 +13,10 @@ from l2d.errors import L2DError
 from l2d.methods import make_method
 from l2d.parallel import data_parallel
 from l2d.system import build_state
-from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
 from l2d.tracking import MlflowTracker
 from l2d.train import run_folder
+from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
+
 
 def export(config: TrainConfig, run_id: str, tracker: MlflowTracker, *,
            register_model: str | None = None) -> str:
