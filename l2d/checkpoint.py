@@ -12,7 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from l2d.errors import L2DError
+from l2d.errors import L2DError, first_line
 
 
 def open_manager(directory: Path, *, keep: int) -> ocp.CheckpointManager:
@@ -69,9 +69,9 @@ def restore_latest(
                 latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
             )["state"]
         except (ValueError, KeyError, TypeError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            line = first_line(error)
             raise L2DError(f"{checkpoint}: does not fit the {method} model of this configuration "
-                           f"({first_line[:200]})") from None
+                           f"({line[:200]})") from None
     finally:
         manager.close()
     return state, int(progress["next_epoch"])

@@ -24,7 +24,7 @@ from l2d.config import (
     TEST_WORKLOADS,
     TrainConfig,
 )
-from l2d.errors import Interrupted, L2DError, TrainingDiverged
+from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
@@ -311,9 +311,9 @@ def start_jax(config: TrainConfig) -> None:
             jax.distributed.initialize(config.coordinator_address, config.num_processes,
                                        config.process_id)
         except (RuntimeError, ValueError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            line = first_line(error)
             raise L2DError(f"--coordinator-address={config.coordinator_address}: cannot join "
-                           f"the other processes: {first_line}") from None
+                           f"the other processes: {line}") from None
     if config.compilation_cache:
         folder = Path(config.compilation_cache_dir or default_compilation_cache()).expanduser()
         try:
@@ -328,8 +328,8 @@ def start_jax(config: TrainConfig) -> None:
     try:
         jax.devices()
     except RuntimeError as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise L2DError(f"--jax-platform={config.jax_platform}: {first_line}") from None
+        line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise L2DError(f"--jax-platform={config.jax_platform}: {line}") from None
 
 
 def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> TrainConfig:

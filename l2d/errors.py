@@ -17,3 +17,9 @@ class Interrupted(BaseException):
 
     A BaseException, like KeyboardInterrupt, so that ``except Exception`` never swallows it.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line L2DError quotes of a library's multi-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -28,7 +28,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, Tens
 
 import l2d
 from l2d.config import TrainConfig
-from l2d.errors import L2DError
+from l2d.errors import L2DError, first_line
 from l2d.trained_system import (
     CLASSIFIER,
     TrainedSystem,
@@ -131,8 +131,8 @@ def load_trained_system(tracking_uri: str, run_id: str) -> TrainedSystem:
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
     except MlflowException as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise L2DError(f"--run-id={run_id}: no {MODEL_NAME} model to load ({first_line[:200]}); "
+        line = first_line(error)
+        raise L2DError(f"--run-id={run_id}: no {MODEL_NAME} model to load ({line[:200]}); "
                        f"a run trained before l2d logged it needs `l2d export --run-id "
                        f"{run_id}`") from None
     return model.unwrap_python_model().system

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
-from l2d.errors import Interrupted, L2DError
+from l2d.errors import Interrupted, L2DError, first_line
 
 # MLflow's import-time and per-call chatter (progress bars, URLs, telemetry) is off unless the
 # user set these variables themselves.
@@ -154,9 +154,9 @@ class MlflowTracker:
             self.client = mlflow.MlflowClient(uri)
             self.client.search_experiments(max_results=1)
         except Exception as error:  # Any driver or store error: the store is unusable.
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            line = first_line(error)
             raise L2DError(
-                f"--tracking-uri={uri}: cannot open the tracking store: {first_line}") from None
+                f"--tracking-uri={uri}: cannot open the tracking store: {line}") from None
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)

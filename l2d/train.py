@@ -27,7 +27,7 @@ from l2d.accuracy_coverage import CURVE_FILE
 from l2d.config import TrainConfig
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
-from l2d.errors import L2DError, TrainingDiverged
+from l2d.errors import L2DError, TrainingDiverged, first_line
 from l2d.evaluate import (
     SplitEvaluation,
     available_options,
@@ -320,17 +320,17 @@ def log_trained_system(tracker, run_id, config, model_state, dataset, *, registe
         uri = tracker.log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES],
                                           registered_model_name=register_model)
     except Exception as error:  # Any MLflow or store error: say it in one line.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        line = first_line(error)
         raise L2DError(f"logging the model deferral_system of run {run_id} failed "
-                       f"({first_line[:200]}); its checkpoints are kept, `l2d export --run-id "
+                       f"({line[:200]}); its checkpoints are kept, `l2d export --run-id "
                        f"{run_id}` logs it") from None
     print(f"l2d: model {uri}" + (f", registered as {register_model}" if register_model else ""),
           file=sys.stderr)
     try:
         tracker.log_plots(run_id)
     except Exception as error:  # Drawing or logging: the run itself is complete.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"l2d: warning: the plots of run {run_id} were not logged ({first_line[:200]}); "
+        line = first_line(error)
+        print(f"l2d: warning: the plots of run {run_id} were not logged ({line[:200]}); "
               f"`l2d plot --run-id {run_id}` draws them", file=sys.stderr)
 
 
