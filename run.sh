@@ -11,4 +11,5 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$#" -eq 0 ]; then
   exec "$root/.venv/bin/python" -m l2d demo
 fi
+export L2D_LAUNCHER="$root/run.sh"
 exec "$root/.venv/bin/python" -m l2d train "$@"

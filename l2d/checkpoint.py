@@ -1,62 +1,165 @@
-"""Orbax checkpoints of a run: the method's model and optimizer state, the method's name and the
-next epoch.
+"""Orbax checkpoints of a run: the method's model and optimizer state, where training stands, the
+seed and the method's name.
 
-The data order, augmentation and Monte Carlo draws of epoch e are pure functions of (seed, e),
-so the epoch to continue from (with the seed, checked on restore) is the whole RNG/data-order
-state: a run restored at epoch e replays exactly what the interrupted run would have done.
+A run keeps two kinds, side by side in its ``checkpoints/`` folder:
+
+- ``<epoch>/``, every ``--checkpoint-every`` epochs and after the last, the newest
+  ``--keep-checkpoints`` of them;
+- ``interrupted/<global step>/``, the state at a Ctrl-C or SIGTERM, mid-epoch included, with the
+  epoch's partial sums of the training measurements; removed once a later epoch checkpoint exists.
+
+The data order, augmentation and Monte Carlo draws of step s of epoch e are pure functions of
+(seed, e, s), so a ``Position`` (with the seed, checked on restore) is the whole RNG and data-order
+state: a run restored there replays exactly what the interrupted run would have done.
+
+Saves are synchronous: a failed write (a full disk) is reported at the save that failed, before
+anything of the next epoch is trained or logged, and what it left half-written is removed.
 """
 
+import dataclasses
+import shutil
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from l2d.errors import L2DError, first_line
 
+INTERRUPTED = "interrupted"
+# What orbax writes a checkpoint into before it renames the folder to its step.
+_TMP_GLOB = "*.orbax-checkpoint-tmp*"
 
-def open_manager(directory: Path, *, keep: int) -> ocp.CheckpointManager:
-    """A manager that never deletes what it finds at start; it only keeps the newest ``keep``.
 
-    Saves are asynchronous in one process; with several, each save completes before training goes
-    on, so that no process can leave while another still waits for it to finish a save.
-    """
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=jax.process_count() == 1)
+class NoCheckpoint(L2DError):
+    """A run's checkpoint folder holds no checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Position:
+    """Where training stands: ``epoch`` epochs finished, then ``step`` steps of the next one
+    (``step`` equal to the steps of an epoch: trained, not yet evaluated)."""
+
+    epoch: int
+    step: int = 0
+
+    def describe(self, steps_per_epoch: int | None = None) -> str:
+        if self.step == 0:
+            return f"after epoch {self.epoch}"
+        of = f" of {steps_per_epoch}" if steps_per_epoch else ""
+        return f"in epoch {self.epoch + 1} after step {self.step}{of}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    state: nnx.State
+    position: Position
+    # The measurements summed over the interrupted epoch's first ``position.step`` steps; None
+    # at an epoch's end or when not asked for.
+    totals: dict | None
+
+
+def _manager(directory: Path, *, keep: int | None = None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=keep is not None,
+                                           enable_async_checkpointing=False)
     return ocp.CheckpointManager(directory, options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: nnx.State, *, next_epoch: int, seed: int,
-         method: str) -> None:
-    """Save asynchronously under step ``next_epoch`` (the number of finished epochs)."""
-    manager.save(
-        next_epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            progress=ocp.args.JsonSave(
-                {"next_epoch": next_epoch, "seed": seed, "method": method}),
-        ),
-    )
+class RunCheckpoints:
+    """The checkpoints a training run writes (see the module docstring). Nothing found at start
+    is deleted, except interrupted states once a later epoch checkpoint is saved."""
+
+    def __init__(self, directory: Path, *, keep: int, seed: int, method: str):
+        self.directory = directory
+        self._progress = {"seed": seed, "method": method}
+        self._epochs = _manager(directory, keep=keep)
+
+    def save_epoch(self, state: nnx.State, *, epoch: int) -> None:
+        """Save the state after ``epoch`` finished epochs under step ``epoch``; an interrupted
+        state saved before is older, and goes."""
+        self._save(self._epochs, epoch, Position(epoch), state=state)
+        shutil.rmtree(self.directory / INTERRUPTED, ignore_errors=True)
+
+    def save_interrupted(self, state: nnx.State, totals: dict, position: Position, *,
+                         global_step: int) -> None:
+        """Save the state at ``position`` with the epoch's partial ``totals``; the training
+        stops after it, so the folder is made and closed here."""
+        manager = _manager(self.directory / INTERRUPTED, keep=1)
+        try:
+            self._save(manager, global_step, position, state=state, totals=totals)
+        finally:
+            manager.close()
+
+    def latest_epoch(self) -> int | None:
+        return self._epochs.latest_step()
+
+    def _save(self, manager: ocp.CheckpointManager, step: int, position: Position, **trees
+              ) -> None:
+        progress = {**self._progress, "next_epoch": position.epoch, "next_step": position.step}
+        args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        try:
+            manager.save(step, args=ocp.args.Composite(progress=ocp.args.JsonSave(progress),
+                                                       **args))
+        except (OSError, ValueError, RuntimeError) as error:
+            for partial in manager.directory.glob(_TMP_GLOB):
+                shutil.rmtree(partial, ignore_errors=True)
+            last = self.latest_epoch()
+            kept = (f"the last good checkpoint, epoch {last}, is kept" if last is not None
+                    else "no checkpoint was saved before")
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else (
+                first_line(error)[:200])
+            raise L2DError(f"{manager.directory}: cannot save the checkpoint "
+                           f"{position.describe()} ({reason}); {kept}") from None
+
+    def close(self) -> None:
+        self._epochs.close()
+
+
+def _progress_of(manager: ocp.CheckpointManager, step: int) -> dict:
+    return manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))[
+        "progress"]
+
+
+def _position(progress: dict) -> Position:
+    return Position(int(progress["next_epoch"]), int(progress.get("next_step", 0)))
+
+
+def saved_positions(directory: Path) -> list[Position]:
+    """The positions of every checkpoint in ``directory``, oldest first (none: empty)."""
+    positions = []
+    for folder in (directory, directory / INTERRUPTED):
+        if folder.is_dir():
+            manager = _manager(folder)
+            positions += [_position(_progress_of(manager, step)) for step in manager.all_steps()]
+            manager.close()
+    return sorted(positions)
 
 
 def restore_latest(
-    directory: Path, abstract_state: nnx.State, *, seed: int, method: str
-) -> tuple[nnx.State, int]:
-    """Return (state, next_epoch) of the newest checkpoint in ``directory``.
+    directory: Path, abstract_state: nnx.State, *, seed: int, method: str,
+    abstract_totals: dict | None = None,
+) -> Restored:
+    """The newest checkpoint in ``directory``: an interrupted state if it is later than the last
+    epoch checkpoint, else that. ``abstract_totals`` asks for an interrupted epoch's partial
+    measurements too (training; evaluation needs only the state).
 
-    L2DError if there is none, or if it was made with another seed or method, or holds a state of
-    another shape (a checkpoint of an older l2d, or of other networks).
+    NoCheckpoint if there is none; L2DError if it was made with another seed or method, or
+    holds a state of another shape (a checkpoint of an older l2d, or of other networks).
     """
-    latest = None
-    if directory.is_dir():
-        manager = ocp.CheckpointManager(directory)
-        latest = manager.latest_step()
-    if latest is None:
-        raise L2DError(f"{directory}: no checkpoint to resume from or evaluate")
-    checkpoint = directory / str(latest)
+    candidates = []
+    for folder in (directory, directory / INTERRUPTED):
+        if folder.is_dir():
+            manager = _manager(folder)
+            step = manager.latest_step()
+            if step is None:
+                manager.close()
+                continue
+            candidates.append((_position(_progress_of(manager, step)), manager, step))
+    if not candidates:
+        raise NoCheckpoint(f"{directory}: no checkpoint to resume from or evaluate")
+    position, manager, step = max(candidates, key=lambda candidate: candidate[0])
+    checkpoint = manager.directory / str(step)
     try:
-        progress = manager.restore(
-            latest, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+        progress = _progress_of(manager, step)
         if progress["seed"] != seed:
             raise L2DError(f"{checkpoint}: made with seed {progress['seed']}, not {seed}")
         # Checkpoints of l2d before --method existed record none (and hold another state).
@@ -64,15 +167,18 @@ def restore_latest(
         if made_with != method:
             raise L2DError(f"{checkpoint}: made with --method {made_with}, not {method}; it "
                            f"cannot be resumed or evaluated as {method}")
+        trees = {"state": abstract_state}
+        partial = abstract_totals is not None and manager.directory.name == INTERRUPTED
+        if partial:
+            trees["totals"] = abstract_totals
         try:
-            state = manager.restore(
-                latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-            )["state"]
+            restored = manager.restore(step, args=ocp.args.Composite(
+                **{name: ocp.args.StandardRestore(tree) for name, tree in trees.items()}))
         except (ValueError, KeyError, TypeError) as error:
             line = first_line(error)
             raise L2DError(f"{checkpoint}: does not fit the {method} model of this configuration "
                            f"({line[:200]})") from None
     finally:
-        manager.close()
-    return state, int(progress["next_epoch"])
-
+        for _, other, _ in candidates:
+            other.close()
+    return Restored(restored["state"], position, restored["totals"] if partial else None)

@@ -7,6 +7,7 @@ error ends as one line on stderr and exit code 2, without a traceback.
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="expert manifests of the test split, same experts in the same order")
     data.add_argument("--test-groundtruth-file", metavar="GT.json",
                       help="ground-truth manifest of the test split")
+    add(data, "--expert-names", "the experts' names, in --train-files order, in the summary, "
+        "plots, decisions and the served model's columns (default: the training manifests' "
+        "file names)", type=comma_list, metavar="A,B")
     add(data, "--num-classes", "number of classes; inferred from the training labels when omitted",
         type=int)
     add(data, "--augment", "4-pixel pad + random crop + horizontal flip of training images",
@@ -154,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue --run-id from its latest checkpoint, in the same MLflow run")
     run.add_argument("--run-id", help="MLflow run id for --resume or --test")
     add(run, "--experiment-name", "MLflow experiment")
+    add(run, "--run-name", "MLflow run name (default: one MLflow makes up)")
     add(run, "--run-description", "free text shown with the run in MLflow")
     add(run, "--tracking-uri", "MLflow tracking URI, e.g. http://127.0.0.1:8080 (default: "
         "sqlite file mlflow.db in the current folder)")
@@ -228,18 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser(
         "plot", help="plot runs' metric histories to PNG files",
         description="Read the per-epoch metrics of one or more runs (of any methods) from MLflow "
-                    "and write PNGs, one line per run: test accuracy, test and training "
-                    "coverage, the accuracy-coverage area, each method's training losses, and "
-                    "the latest accuracy-coverage curves in one figure. The PNGs are also "
-                    "logged to every run under plots/.")
+                    "and write PNGs into --output, one line per run: test accuracy (with the "
+                    "classifier alone and each expert alone as reference lines), test and "
+                    "training coverage, the accuracy-coverage area, each method's training "
+                    "losses, and the latest accuracy-coverage curves in one figure. Nothing is "
+                    "logged to the runs unless --log-to-runs is given.")
     plot.add_argument("--run-id", dest="run_ids", action="extend", type=comma_list,
                       required=True, metavar="ID[,ID...]",
                       help="runs to plot (comma-separated or repeated)")
     plot.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
                       "mlflow.db in the current folder)")
     plot.add_argument("--output", default="plots", help="folder for the PNGs (default: plots)")
-    plot.add_argument("--no-log-artifacts", dest="log_artifacts", action="store_false",
-                      help="only write the PNGs, log nothing to the runs")
+    plot.add_argument("--log-to-runs", dest="log_artifacts", action="store_true",
+                      help="also log to each run, under plots/, the plots of that run alone "
+                           "(as every training run does at its end)")
 
     export = commands.add_parser(
         "export", help="log the MLflow model deferral_system of an existing run",
@@ -261,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "model of a run and write, per image, the decision (classifier or an "
                     "expert's name), the classifier's label where it keeps the image, and "
                     "every option's score to --output (JSON); print how many images each "
-                    "option receives.")
+                    "option receives. When the images' true classes are known (a manifest "
+                    "with labels, or --images with one subfolder per class named as the run's "
+                    "classes), also report coverage and the classifier's accuracy, and, with "
+                    "--expert-files, each expert's and the system's accuracy, into "
+                    "<output>_metrics.json.")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", metavar="DIR", help="every image file under DIR")
     source.add_argument("--manifest", metavar="M.json",
@@ -269,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run-id", required=True, help="the run whose model routes")
     predict.add_argument("--output", required=True, metavar="decisions.json",
                          help="where to write the decisions")
+    predict.add_argument("--expert-files", type=comma_list, metavar="A.json,B.json",
+                         help="the experts' answers for these images (manifests in the run's "
+                              "expert order), for the system's accuracy")
     predict.add_argument("--workload", choices=TEST_WORKLOADS,
                          help="argmax per image, or the whole input within the run's share "
                               "bounds (default: the run's --test-workload)")
@@ -345,9 +359,13 @@ def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> Train
     stored = TrainConfig.load(path)
     for name, value in given.items():
         if name not in allowed and getattr(stored, name) != value:
+            # The cosine schedule spans the epochs set at the start: more epochs would change
+            # every step's learning rate, so the numbers would match neither run.
+            why = ("; the learning rate decays over the epochs the run was started with, so a "
+                   "longer training is a new run" if name == "num_epochs" else "")
             raise L2DError(
                 f"--{name.replace('_', '-')}={value}: run {run_id} was trained with "
-                f"{getattr(stored, name)}; omit the flag to use the run's value")
+                f"{getattr(stored, name)}{why}; omit the flag to use the run's value")
     return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in allowed})
 
 
@@ -398,12 +416,19 @@ def run_train_command(given: dict) -> None:
     from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
 
     if mode == "test":
-        train.test(config, run_id)
+        report(train.test(config, run_id), config, "test metrics")
     else:
         metrics = train.train(config, resume_run_id=run_id, register_model=register_model)
         if config.process_id == 0:
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            print(f"l2d: final test metrics: {summary}")
+            report(metrics, config, "final test metrics")
+
+
+def report(metrics: dict[str, float], config: TrainConfig, what: str) -> None:
+    """The human summary of the test metrics, then every metric on one line."""
+    from l2d.config import expert_names
+    from l2d.metrics import metrics_line, summary
+
+    print(f"{summary(metrics, expert_names(config))}\nl2d: {what}: {metrics_line(metrics)}")
 
 
 def open_tracking_store(uri: str | None, run_id: str):
@@ -447,14 +472,26 @@ def run_predict_command(args: dict) -> None:
     from l2d import predict
     from l2d.mlflow_model import load_trained_system
 
-    files = (predict.image_files_in(Path(source)) if args["images"] is not None
-             else predict.image_files_of_manifest(Path(source)))
     system = load_trained_system(tracker.uri, args["run_id"])
-    table = predict.route_files(system, files, source, workload=args["workload"],
-                                progress=None)
-    predict.write_decisions(Path(args["output"]), files, table, system.options)
+    if args["images"] is not None:
+        files, labels = predict.image_files_in(Path(source), system.classes)
+    else:
+        files, labels = predict.image_files_of_manifest(Path(source))
+    answers = (predict.expert_answers(args["expert_files"], files, len(system.experts))
+               if args["expert_files"] else None)
+    if answers is not None and labels is None:
+        raise L2DError(f"--expert-files: {source} gives no true classes to score them against")
+    routing = predict.route_files(system, files, source, workload=args["workload"],
+                                  progress=None)
+    table = system.rows(routing)
+    output = Path(args["output"])
+    predict.write_decisions(output, files, table, system.options)
     print(f"{len(files)} images: {predict.summary(table, system.options)}; "
-          f"decisions in {args['output']}")
+          f"decisions in {output}")
+    if labels is not None:
+        scores = predict.labelled_metrics(routing, labels, answers, system.experts)
+        path = predict.write_metrics(output, scores)
+        print(f"{predict.describe_metrics(scores, system.experts)}; in {path}")
 
 
 def run_prepare_command(args: dict) -> None:
@@ -511,28 +548,48 @@ def run_demo_command(args: dict) -> None:
         train_groundtruth_file=manifests["train_groundtruth"],
         test_files=tuple(manifests["test_experts"]),
         test_groundtruth_file=manifests["test_groundtruth"],
+        expert_names=("digits_0-4", "digits_5-9"),
         clf_width=8, dfr_width=8, batch_size=64, lr=0.05, num_epochs=args["num_epochs"],
         seed=args["seed"], **DEMO_DEFERRAL,
     ).validate()
     start_jax(config)
-    from l2d import metrics, train
+    from l2d import train
+    from l2d.config import expert_names
+    from l2d.metrics import summary
     from l2d.tracking import UI_ADDRESS
 
-    m = train.train(config)
-    experts = range(len(config.train_files))
-    system = m[metrics.ACCURACY]
-    alone = [m[metrics.CLF_ACCURACY], *(m[metrics.expert_accuracy_alone(k)] for k in experts)]
-    print(f"system accuracy {system:.3f} at coverage {m[metrics.COVERAGE]:.3f} "
-          f"(share kept by the classifier)\n"
-          f"classifier alone {m[metrics.CLF_ACCURACY]:.3f}; "
-          + "; ".join(f"expert {k} alone {m[metrics.expert_accuracy_alone(k)]:.3f} "
-                      f"(receives {m[metrics.expert_share(k)]:.3f})" for k in experts)
-          + ("\ndeferral pays off: the system is more accurate than the classifier alone and "
-             "than every expert alone" if system > max(alone) else
-             "\ndeferral does not pay off in this run: the classifier or an expert alone is at "
-             "least as accurate as the system")
-          + f"\nsee the run: mlflow ui --backend-store-uri {train.resolve_tracking_uri(None)}"
-          f" then open {UI_ADDRESS}")
+    metrics = train.train(config)
+    print(f"{summary(metrics, expert_names(config))}\nsee the run: mlflow ui "
+          f"--backend-store-uri {train.resolve_tracking_uri(None)} then open {UI_ADDRESS}")
+
+
+def interrupted_message(interrupted: Interrupted, args: dict) -> str:
+    """What an interrupted run says: its id, what was saved, and the command that continues it."""
+    run_id = interrupted.run_id
+    if not run_id:
+        return "l2d: interrupted before a run was started"
+    if interrupted.saved is None:
+        return (f"l2d: interrupted: run {run_id} is KILLED, nothing saved since its last "
+                f"checkpoint (if any); continue it with: {resume_command(run_id, args)}")
+    return (f"l2d: interrupted: run {run_id} is KILLED and {interrupted.saved}\n"
+            f"l2d: continue it with: {resume_command(run_id, args)}")
+
+
+def resume_command(run_id: str, args: dict) -> str:
+    """The command that resumes ``run_id``, from the folder it was started in: as it was
+    launched (``run.sh`` sets ``L2D_LAUNCHER``), with the flags that say where the run is."""
+    launcher = os.environ.get("L2D_LAUNCHER")
+    if launcher:
+        command = [launcher]
+    elif Path(sys.argv[0]).name == "l2d":
+        command = ["l2d", "train"]
+    else:
+        command = [sys.executable, "-m", "l2d", "train"]
+    command += ["--resume", "--run-id", run_id]
+    for name in ("tracking_uri", "artifact_path"):
+        if args.get(name) is not None:
+            command += [f"--{name.replace('_', '-')}", args[name]]
+    return shlex.join(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -559,7 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"l2d: error: training diverged: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (KeyboardInterrupt, Interrupted):
+    except Interrupted as interrupted:
+        print(interrupted_message(interrupted, args), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
         print("l2d: interrupted; any started run is marked KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

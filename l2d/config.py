@@ -14,6 +14,8 @@ E_STEPS = ("exact", "mc")
 CLF_WEIGHTINGS = ("posterior", "uniform")
 TEST_WORKLOADS = ("argmax", "enforce")
 MISSING_MODES = ("exclude", "model")
+# The option of an input the classifier keeps; the other options are the experts, by name.
+CLASSIFIER = "classifier"
 
 # The flags (config fields) each --method reads; giving one that belongs only to another method
 # is an error rather than silently ignored. Keys are the method names of ``l2d.methods.METHODS``.
@@ -72,18 +74,48 @@ def check_share_bounds(min_share, max_share, num_options: int) -> None:
         fail("max-share", max_share, f"the maximums add up to {sum(max_share):g} < 1")
 
 
+def check_expert_names(names, num_experts: int) -> None:
+    """L2DError naming ``--expert-names`` unless it gives one distinct, non-empty name per expert,
+    none of them ``classifier`` (the name of the option the classifier keeps)."""
+    given = ",".join(names)
+    if len(names) != num_experts:
+        raise L2DError(f"--expert-names={given}: gives {len(names)} names for {num_experts} "
+                       "experts of --train-files")
+    if not all(name.strip() for name in names) or len(set(names)) != len(names):
+        raise L2DError(f"--expert-names={given}: every expert needs its own non-empty name")
+    if CLASSIFIER in names:
+        raise L2DError(f"--expert-names={given}: '{CLASSIFIER}' names the classifier's option")
+
+
+def expert_names(config: "TrainConfig") -> list[str]:
+    """The experts' names: ``--expert-names``, else their training manifests' file names without
+    ``.json``, made unique (and distinct from ``classifier``) by a ``k:`` prefix when two would
+    be equal."""
+    if config.expert_names is not None:
+        return list(config.expert_names)
+    stems = [Path(file).stem for file in config.train_files]
+    if len(set(stems)) == len(stems) and CLASSIFIER not in stems:
+        return stems
+    return [f"{k}:{stem}" for k, stem in enumerate(stems)]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a run. Flag names are these field names with dashes."""
 
-    # MLflow experiment the run belongs to, and a free-text description shown in the UI.
+    # MLflow experiment the run belongs to, the run's name (None: MLflow's generated one) and a
+    # free-text description shown in the UI.
     experiment_name: str = "l2d"
+    run_name: str | None = None
     run_description: str = ""
     # Manifests: one expert manifest per expert (same order in train and test) and one ground truth.
     train_files: tuple[str, ...] = ()
     train_groundtruth_file: str = ""
     test_files: tuple[str, ...] = ()
     test_groundtruth_file: str = ""
+    # The experts' names, in --train-files order, in the summary, plots, decisions and the served
+    # model's columns; None names them by their training manifests' file names.
+    expert_names: tuple[str, ...] | None = None
     # Number of classes C; None infers it from the training ground truth as max(label) + 1.
     num_classes: int | None = None
     # Learning-to-defer method (l2d/methods): EM, or a surrogate loss on one network.
@@ -185,6 +217,10 @@ class TrainConfig:
                 f"gives {len(self.test_files)} experts but --train-files gives "
                 f"{len(self.train_files)}; list the same experts in the same order",
             )
+        if self.run_name is not None and not self.run_name.strip():
+            fail("run_name", "''", "must not be empty")
+        if self.expert_names is not None:
+            check_expert_names(self.expert_names, len(self.train_files))
         if self.method not in METHOD_NAMES:
             fail("method", self.method, f"unknown method; choose one of {METHOD_NAMES}")
         for name in ("clf_model", "dfr_model", "model", "ann_model"):
@@ -258,8 +294,8 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        tuples = {"train_files", "test_files", "norm_mean", "norm_std", "image_shape",
-                  "max_share", "min_share"}
+        tuples = {"train_files", "test_files", "expert_names", "norm_mean", "norm_std",
+                  "image_shape", "max_share", "min_share"}
         return cls(**{
             k: tuple(v) if k in tuples and v is not None else v
             for k, v in values.items() if k in known

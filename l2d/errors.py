@@ -16,7 +16,14 @@ class Interrupted(BaseException):
     """Ctrl-C or SIGTERM, acted on at a safe point of the training loop (see ``l2d.signals``).
 
     A BaseException, like KeyboardInterrupt, so that ``except Exception`` never swallows it.
+    ``run_id`` is the run it ended (None before one existed); ``saved`` says where its state was
+    saved (None when a second signal stopped it at once).
     """
+
+    def __init__(self, message: str, *, saved: str | None = None):
+        super().__init__(message)
+        self.saved = saved
+        self.run_id: str | None = None
 
 
 def first_line(error: BaseException) -> str:

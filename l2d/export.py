@@ -25,11 +25,15 @@ def export(config: TrainConfig, run_id: str, tracker: MlflowTracker, *,
                          num_classes=config.num_classes, num_experts=len(config.train_files))
     parallel = data_parallel()
     _, template = build_state(method, config, total_steps=1, abstract=True)
-    state, _ = checkpoint.restore_latest(
-        run_folder(config, run_id) / "checkpoints", parallel.abstract(template),
-        seed=config.seed, method=config.method)
+    try:
+        restored = checkpoint.restore_latest(
+            run_folder(config, run_id) / "checkpoints", parallel.abstract(template),
+            seed=config.seed, method=config.method)
+    except checkpoint.NoCheckpoint:
+        raise L2DError(f"--run-id={run_id}: the run is {tracker.run_status(run_id)} and saved no "
+                       "checkpoint: there is nothing to export") from None
     return tracker.log_deferral_system_to(
-        run_id, config, parallel.fetch(state[0]), example_images(config),
+        run_id, config, parallel.fetch(restored.state[0]), example_images(config),
         registered_model_name=register_model)
 
 

@@ -4,6 +4,8 @@ The names are defined here once; the demo's printout, ``l2d plot`` and the tests
 constants. (Training measurements are named by each method: ``Method.measurements``.)
 """
 
+import math
+
 import numpy as np
 
 ACCURACY = "accuracy"  # The system's accuracy.
@@ -53,12 +55,42 @@ def summarise(counts: dict[str, np.ndarray]) -> dict[str, float]:
     return metrics
 
 
-def deferral_table(counts: dict[str, np.ndarray]) -> dict[str, list]:
-    """Per true class: how many inputs went to each expert and to the classifier."""
-    num_experts = counts["expert_correct"].shape[0]
-    columns = [f"expert_{k}" for k in range(num_experts)] + ["classifier"]
+def deferral_table(counts: dict[str, np.ndarray], options: list[str]) -> dict[str, list]:
+    """Per true class: how many inputs went to each option (``options``: the experts' names,
+    then the classifier's)."""
+    columns = options
     table = counts["class_routed"].astype(np.int64)
     return {
         "class": list(range(table.shape[0])),
         **{column: table[:, j].tolist() for j, column in enumerate(columns)},
     }
+
+
+def summary(metrics: dict[str, float], experts: list[str]) -> str:
+    """The system against the classifier alone and each expert alone, for a person to read::
+
+        system accuracy 0.997 at coverage 0.256 (share kept by the classifier)
+        classifier alone 0.950; expert alice alone 0.532 (receives 0.373); ...
+        deferral pays off: the system is more accurate than ...
+
+    A value with nothing to count (an expert that annotated no test input) reads ``nan``.
+    """
+    system = metrics[ACCURACY]
+    alone = [metrics[CLF_ACCURACY], *(metrics[expert_accuracy_alone(k)]
+                                      for k in range(len(experts)))]
+    known = [value for value in alone if not math.isnan(value)]
+    verdict = ("deferral pays off: the system is more accurate than the classifier alone and "
+               "than every expert alone" if known and system > max(known) else
+               "deferral does not pay off here: the classifier or an expert alone is at least "
+               "as accurate as the system")
+    return (f"system accuracy {system:.3f} at coverage {metrics[COVERAGE]:.3f} (share kept by "
+            f"the classifier)\nclassifier alone {metrics[CLF_ACCURACY]:.3f}; "
+            + "; ".join(f"expert {name} alone {metrics[expert_accuracy_alone(k)]:.3f} "
+                        f"(receives {metrics[expert_share(k)]:.3f})"
+                        for k, name in enumerate(experts))
+            + f"\n{verdict}")
+
+
+def metrics_line(metrics: dict[str, float]) -> str:
+    """Every metric as ``name=value``, four decimals, NaN as ``nan``."""
+    return ", ".join(f"{name}={value:.4f}" for name, value in metrics.items())

@@ -9,10 +9,11 @@ dtypes, and over HTTP only pixels pass it), and returns one row per image: ``dec
 ``label`` (the classifier's class when it keeps the image, else empty) and ``score/<option>`` for
 every option.
 
-The input signature declares uint8 tensors ``[N, H, W, C]`` of any height, width and channels
-(and MLflow lets 1-D object arrays through it), so that images of another shape are reported by
-l2d, naming their shape and the system's, rather than by MLflow's schema check, which quotes the
-whole input; MLflow's check refuses other dtypes and ranks.
+The signature declares no input schema, on purpose: MLflow's tensor schema would cast a JSON body
+to its dtype without a word (pixels scaled to [0, 1] become 0 as uint8) and quote the whole input
+in its errors. So every input reaches l2d, which takes uint8 pixels (or integers in 0..255, as
+JSON gives them), refuses anything else in one line (``TrainedSystem.check_images``), and answers
+an empty batch with an empty table. The metadata's ``input`` says what the model takes.
 The parameter ``workload`` ("argmax" or "enforce") overrides the run's ``--test-workload``.
 """
 
@@ -23,17 +24,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 import l2d
-from l2d.config import TrainConfig
+from l2d.config import CLASSIFIER, TrainConfig, expert_names
 from l2d.errors import L2DError, first_line
 from l2d.trained_system import (
-    CLASSIFIER,
     TrainedSystem,
     class_names,
-    expert_names,
     read_image_files,
     save_system,
 )
@@ -49,7 +49,7 @@ class DeferralSystemModel(mlflow.pyfunc.PythonModel):
         """Load the trained system from the model's one artifact, its folder."""
         self.system = TrainedSystem(Path(context.artifacts[SYSTEM_ARTIFACT]))
 
-    # The ndarray hint is what MLflow's tensor signature hands over; MLflow infers nothing from it.
+    # The ndarray hint is what MLflow hands over without an input schema; it infers nothing from it.
     def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         """The decision table of a batch (see the module docstring); ``params["workload"]``
         overrides the run's routing."""
@@ -58,31 +58,50 @@ class DeferralSystemModel(mlflow.pyfunc.PythonModel):
             workload = (params or {}).get("workload") or None
             routing = self.system.route(*self.system.score(images), workload=workload)
         except L2DError as error:
-            # MLflow's server answers an MlflowException with HTTP 400 and its message alone.
-            raise MlflowException.invalid_parameter_value(str(error)) from None
+            raise InputError(str(error)) from None
         return pd.DataFrame(self.system.rows(routing))
 
     def images(self, model_input) -> np.ndarray:
         """uint8 ``[N, H, W, C]`` from pixels or from paths (decoded as in training)."""
         array = np.asarray(model_input)
-        if array.ndim == 1 and array.dtype.kind in "OUS":
+        if array.ndim == 1 and array.size and array.dtype.kind in "OUS":
             if not all(isinstance(p, str) for p in array.tolist()):
                 raise L2DError("input: a 1-D array must hold image file paths (strings)")
-            if array.size == 0:
-                raise L2DError("input: no image paths given")
             return self.system.check_images(read_image_files(array.tolist(), "input"))
         return self.system.check_images(array)
 
 
+class InputError(MlflowException):
+    """What ``predict`` raises for input it cannot route: HTTP 400 when served, with l2d's one
+    line as the whole message.
+
+    MLflow's scoring server prefixes the message of a failed prediction with the entire input it
+    received (``e.message = f"Failed to predict data '{data}'..."``), which buries the line that
+    says what is wrong under a dump of pixels; this message keeps its first value.
+    """
+
+    def __init__(self, line: str):
+        self._line = line
+        super().__init__(line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass  # Set by MlflowException.__init__ (the same line) and by the scoring server.
+
+
 def signature(config: TrainConfig) -> ModelSignature:
-    """Input: uint8 images of any shape (l2d checks theirs); output: the decision table's
-    columns; parameter: ``workload``, by default the run's ``--test-workload``."""
-    options = [*expert_names(config.train_files), CLASSIFIER]
+    """No input schema (the module docstring says why); output: the decision table's columns;
+    parameter: ``workload``, by default the run's ``--test-workload``."""
+    options = [*expert_names(config), CLASSIFIER]
     outputs = [ColSpec(DataType.string, "decision"), ColSpec(DataType.long, "expert_index"),
                ColSpec(DataType.string, "label"),
                *(ColSpec(DataType.double, f"score/{name}") for name in options)]
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]),
+        inputs=None,
         outputs=Schema(outputs),
         params=ParamSchema([ParamSpec("workload", DataType.string, config.test_workload)]))
 
@@ -103,8 +122,10 @@ def log_deferral_system(config: TrainConfig, model_state, example_images: np.nda
             pip_requirements=requirements(),
             registered_model_name=registered_model_name,
             metadata={"l2d_version": l2d.__version__, "method": config.method,
-                      "experts": expert_names(config.train_files),
-                      "classes": class_names(config), "image_shape": list(config.image_shape)},
+                      "experts": expert_names(config),
+                      "classes": class_names(config), "image_shape": list(config.image_shape),
+                      "input": f"uint8 images [N, {', '.join(map(str, config.image_shape))}] "
+                               "(integers 0..255 in JSON), or image file paths (Python)"},
         )
     return info.model_uri
 
@@ -124,15 +145,42 @@ def requirements() -> list[str]:
     return pins
 
 
-def load_trained_system(tracking_uri: str, run_id: str) -> TrainedSystem:
-    """The ``TrainedSystem`` inside the ``deferral_system`` model of ``run_id`` in the store
-    ``tracking_uri``, loaded through MLflow as a served model is; L2DError if the run has none."""
+def load_deferral_system(tracking_uri: str, run_id: str):
+    """The ``deferral_system`` pyfunc model of ``run_id`` in the store ``tracking_uri``, as
+    ``mlflow.pyfunc.load_model`` (and a server) loads it; L2DError, one line, saying why a run
+    has none and what can be done."""
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
+        return mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
     except MlflowException as error:
-        line = first_line(error)
-        raise L2DError(f"--run-id={run_id}: no {MODEL_NAME} model to load ({line[:200]}); "
-                       f"a run trained before l2d logged it needs `l2d export --run-id "
-                       f"{run_id}`") from None
-    return model.unwrap_python_model().system
+        raise L2DError(without_model(tracking_uri, run_id, first_line(error))) from None
+
+
+def without_model(tracking_uri: str, run_id: str, problem: str) -> str:
+    """Why ``run_id`` has no model to load, and what can be done about it."""
+    from l2d.checkpoint import saved_positions
+
+    try:
+        run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        return f"--run-id={run_id}: no such run in {tracking_uri}"
+    status = run.info.status
+    folder = run.data.tags.get("checkpoints")
+    positions = saved_positions(Path(folder)) if folder else []
+    if not positions:
+        return (f"--run-id={run_id}: the run is {status} and has no {MODEL_NAME} model, nor a "
+                "checkpoint to make one from: there is nothing to serve")
+    export = (f"`l2d export --run-id {run_id}` logs one from its latest checkpoint "
+              f"({positions[-1].describe()})")
+    if status == "FINISHED":
+        return (f"--run-id={run_id}: no {MODEL_NAME} model to load ({problem[:200]}); a run "
+                f"trained before l2d logged it needs it: {export}")
+    return (f"--run-id={run_id}: the run is {status}: it ended before logging its "
+            f"{MODEL_NAME} model; {export}, or `l2d train --resume --run-id {run_id}` finishes "
+            "its training")
+
+
+def load_trained_system(tracking_uri: str, run_id: str) -> TrainedSystem:
+    """The ``TrainedSystem`` inside the ``deferral_system`` model of ``run_id``, loaded through
+    MLflow as a served model is (see ``load_deferral_system``)."""
+    return load_deferral_system(tracking_uri, run_id).unwrap_python_model().system

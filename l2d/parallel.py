@@ -56,13 +56,17 @@ class DataParallel:
         """Process 0: the one that logs to MLflow and prints."""
         return jax.process_index() == 0
 
+    @property
+    def is_single_process(self) -> bool:
+        return jax.process_count() == 1
+
     def fetch(self, tree):
         """Replicated arrays -> NumPy, from this process's copy (no cross-process transfer)."""
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
     def share_run_id(self, run_id: str) -> str:
         """Process 0's MLflow run id, on every process (they write to its checkpoint folder)."""
-        if jax.process_count() == 1:
+        if self.is_single_process:
             return run_id
         from jax.experimental import multihost_utils
 

@@ -3,8 +3,10 @@
 ``plot_runs`` writes the plots every method shares (system test accuracy, test and training
 coverage, area under the accuracy-coverage curve), one per training measurement of the runs'
 methods (for EM the classifier and gating losses of the original implementation), and the runs'
-latest accuracy-coverage curves in one figure. By default it logs them to every plotted run as
-artifacts under ``plots/`` without reopening the run, so its status stays as it is.
+latest accuracy-coverage curves in one figure. The accuracy plots draw, per run, the classifier
+alone and each expert alone as reference lines. Only when asked (``log_artifacts``), each run also
+gets the plots of itself alone, logged under ``plots/`` without reopening it, so its status stays
+as it is: a figure of several runs, or another method's loss, never lands in a run.
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure``, never through
 pyplot: no display is needed, no global backend is switched under a caller, and no figure is left
@@ -12,7 +14,9 @@ open. matplotlib (a dependency of mlflow) is imported only when something is dra
 """
 
 import dataclasses
+import itertools
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,12 @@ from l2d import metrics
 from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
 from l2d.methods import METHODS
-from l2d.methods.base import MEASUREMENTS_TAG, TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
+from l2d.methods.base import (
+    EXPERTS_TAG,
+    MEASUREMENTS_TAG,
+    TRAIN_COVERAGE,
+    TRAIN_COVERAGE_DESCRIPTION,
+)
 from l2d.tracking import MlflowTracker, check_reachable
 
 # The run's free-text description, as MLflow stores it (``--run-description``).
@@ -32,6 +41,8 @@ DESCRIPTION_CHARS = 60
 ARTIFACT_FOLDER = "plots"
 # The figure of the runs' latest accuracy-coverage curves (``CURVE_FILE``).
 CURVE_PLOT = "accuracy_coverage.png"
+# Line styles of the reference lines of a run: the classifier alone, then each expert alone.
+REFERENCE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)), (0, (8, 2)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +83,19 @@ class RunCurves:
     plots: list[Plot]  # What this run's method logs.
     curves: dict[str, tuple[list[int], list[float]]]  # metric -> (epochs, values), by epoch.
     accuracy_coverage: dict[str, Any]  # The latest accuracy_coverage.json.
+    # The accuracy plots' reference lines: "classifier alone", "expert NAME alone" -> (epochs,
+    # values), those the run logged.
+    references: dict[str, tuple[list[int], list[float]]] = dataclasses.field(
+        default_factory=dict)
 
 
 def plot_runs(
-    tracker_uri: str, run_ids: list[str], output: Path, *, log_artifacts: bool = True
+    tracker_uri: str, run_ids: list[str], output: Path, *, log_artifacts: bool = False
 ) -> list[Path]:
     """Write the metric plots and the accuracy-coverage figure of ``run_ids`` into ``output``;
     return the PNG paths.
 
-    With ``log_artifacts``, each PNG is also logged to every run under ``plots/``.
+    With ``log_artifacts``, each run also gets the plots of itself alone under ``plots/``.
     Raises ``L2DError`` (one line) for an unknown run, a missing metric history or curve, or an
     output folder that cannot be written.
     """
@@ -88,15 +103,21 @@ def plot_runs(
         raise L2DError("no run ids given: name at least one run to plot")
     tracker = open_store(tracker_uri)
     runs = [read_run(tracker, run_id) for run_id in dict.fromkeys(run_ids)]
-    output = prepare_output(Path(output))
+    paths = draw_runs(runs, prepare_output(Path(output)))
+    if log_artifacts:
+        for run in runs:
+            with tempfile.TemporaryDirectory() as folder:
+                for path in (paths if len(runs) == 1 else draw_runs([run], Path(folder))):
+                    tracker.client.log_artifact(run.run_id, str(path), ARTIFACT_FOLDER)
+    return paths
+
+
+def draw_runs(runs: list[RunCurves], output: Path) -> list[Path]:
+    """Every plot of ``runs`` into ``output``: each metric of any of them, then the curves."""
     plots = list({plot.file: plot for run in runs for plot in run.plots}.values())
     paths = [draw(plot, [run for run in runs if plot in run.plots], output / plot.file)
              for plot in plots]
     paths.append(draw_accuracy_coverage(runs, output / CURVE_PLOT))
-    if log_artifacts:
-        for run in runs:
-            for path in paths:
-                tracker.client.log_artifact(run.run_id, str(path), ARTIFACT_FOLDER)
     return paths
 
 
@@ -134,7 +155,24 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
             raise L2DError(f"run {run_id}: no metric '{plot.metric}' was logged "
                            f"(needed for {plot.file}); was it trained by l2d?")
         curves[plot.metric] = latest_per_step(history)
-    return RunCurves(run_id, run_label(run), plots, curves, read_curve(tracker, run_id))
+    return RunCurves(run_id, run_label(run), plots, curves, read_curve(tracker, run_id),
+                     read_references(tracker, run))
+
+
+def read_references(tracker: MlflowTracker, run: Any) -> dict[str, tuple[list[int], list[float]]]:
+    """The histories of the classifier alone and of each expert alone that ``run`` logged, by
+    the names of its ``EXPERTS_TAG`` (else ``expert k``)."""
+    names = json.loads(run.data.tags.get(EXPERTS_TAG, "[]"))
+    count = sum(1 for key in run.data.metrics if re.fullmatch(r"expert_\d+/accuracy_alone", key))
+    metric_names = {"classifier alone": metrics.CLF_ACCURACY,
+                    **{f"expert {names[k] if k < len(names) else k} alone":
+                       metrics.expert_accuracy_alone(k) for k in range(count)}}
+    references = {}
+    for label, name in metric_names.items():
+        history = tracker.client.get_metric_history(run.info.run_id, name)
+        if history:
+            references[label] = latest_per_step(history)
+    return references
 
 
 def read_curve(tracker: MlflowTracker, run_id: str) -> dict[str, Any]:
@@ -195,8 +233,14 @@ def draw(plot: Plot, runs: list[RunCurves], path: Path) -> Path:
         epochs, values = run.curves[plot.metric]
         # Unclipped and above the frame (zorder 2.5): a coverage of exactly 0 or 1, as in the
         # demo, stays visible on the axis line.
-        axes.plot(epochs, values, label=run.label, marker="o" if len(epochs) <= 30 else None,
-                  markersize=3, linewidth=1.5, clip_on=False, zorder=3)
+        line, = axes.plot(epochs, values, label=run.label,
+                          marker="o" if len(epochs) <= 30 else None, markersize=3,
+                          linewidth=1.5, clip_on=False, zorder=3)
+        if plot.metric == metrics.ACCURACY:
+            for (name, (steps, reference)), style in zip(run.references.items(),
+                                                          itertools.cycle(REFERENCE_STYLES)):
+                axes.plot(steps, reference, linestyle=style, linewidth=1,
+                          color=line.get_color(), label=f"{run.label}: {name}")
     axes.set(title=plot.title, xlabel="epoch", ylabel=plot.ylabel)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if plot.ylim is not None:
@@ -216,6 +260,13 @@ def draw_accuracy_coverage(runs: list[RunCurves], path: Path) -> Path:
         at_epoch = [dict(zip(*run.curves[m]))[epoch] for m in (metrics.COVERAGE,
                                                                metrics.ACCURACY)]
         axes.plot(*at_epoch, marker="o", color=line.get_color(), clip_on=False, zorder=4)
+        for (name, (steps, reference)), style in zip(run.references.items(),
+                                                    itertools.cycle(REFERENCE_STYLES)):
+            # Alone, at the curve's epoch: what the system must beat at every coverage.
+            value = dict(zip(steps, reference)).get(epoch)
+            if value is not None:
+                axes.axhline(value, linestyle=style, linewidth=1, color=line.get_color(),
+                             label=f"{run.label}: {name}")
     axes.set(title="Accuracy against coverage (test split; dot: the default decision)",
              xlabel="coverage (share kept by the classifier)", ylabel="system accuracy",
              xlim=(0.0, 1.0))

@@ -3,7 +3,8 @@
 Python's default Ctrl-C raises wherever the main thread happens to be, for example inside an
 asynchronous orbax save or an MLflow call, which can leave a half-written checkpoint and noisy
 tracebacks from their worker threads. Inside ``StopRequests`` a first signal only sets a flag that
-the training loop checks after every step; a second signal raises at once, for a user who insists.
+the training loop checks after every step, where it saves the run's state before it stops; a
+second signal raises at once, without saving, for a user who insists.
 """
 
 import signal
@@ -34,6 +35,11 @@ class StopRequests:
         if self.received is not None:
             raise Interrupted(f"signal {signum} received twice")
         self.received = signum
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal came since the run started."""
+        return self.received is not None
 
     def check(self) -> None:
         """Raise Interrupted if a signal came since the run started."""

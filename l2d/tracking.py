@@ -108,11 +108,14 @@ class Tracker(Protocol):
 
     uri: str
 
-    def run(self, *, experiment_name: str, description: str,
+    def run(self, *, experiment_name: str, description: str, run_name: str | None = None,
             run_id: str | None = None) -> ContextManager[str]:
         """Start (or, with ``run_id``, reopen) a run; yield its id; always end it with a status."""
 
     def run_exists(self, run_id: str) -> bool: ...
+
+    def run_status(self, run_id: str) -> str | None:
+        """RUNNING, FINISHED, FAILED or KILLED; None when there is no such run."""
 
     def run_url(self, run_id: str) -> str: ...
 
@@ -178,15 +181,18 @@ class MlflowTracker:
             raise L2DError(f"--experiment-name={name}: {error.message}") from None
 
     def run_exists(self, run_id: str) -> bool:
+        return self.run_status(run_id) is not None
+
+    def run_status(self, run_id: str) -> str | None:
         try:
-            self.client.get_run(run_id)
+            return self.client.get_run(run_id).info.status
         except self._mlflow.exceptions.MlflowException:
-            return False
-        return True
+            return None
 
     @contextlib.contextmanager
     def run(
-        self, *, experiment_name: str, description: str, run_id: str | None = None
+        self, *, experiment_name: str, description: str, run_name: str | None = None,
+        run_id: str | None = None
     ) -> Iterator[str]:
         """Start (or, with ``run_id``, reopen) a run; yield its id; always end it with a status.
 
@@ -195,7 +201,7 @@ class MlflowTracker:
         experiment_id = None if run_id else self._experiment_id(experiment_name)
         active = self._mlflow.start_run(
             run_id=run_id, experiment_id=experiment_id, description=description or None,
-            log_system_metrics=True,
+            run_name=None if run_id else run_name, log_system_metrics=True,
         )
         status = "FAILED"
         try:
@@ -273,12 +279,15 @@ class NullTracker:
     uri = "(process 0 logs)"
 
     @contextlib.contextmanager
-    def run(self, *, experiment_name: str, description: str,
+    def run(self, *, experiment_name: str, description: str, run_name: str | None = None,
             run_id: str | None = None) -> Iterator[str]:
         yield ""  # The real id comes from process 0 (``DataParallel.share_run_id``).
 
     def run_exists(self, run_id: str) -> bool:
         return True
+
+    def run_status(self, run_id: str) -> str | None:
+        return "RUNNING"  # Process 0 checks the run.
 
     def run_url(self, run_id: str) -> str:
         return f"(run {run_id}, logged by process 0)"

@@ -24,10 +24,10 @@ from tqdm import tqdm
 import l2d
 from l2d import checkpoint
 from l2d.accuracy_coverage import CURVE_FILE
-from l2d.config import TrainConfig
+from l2d.config import CLASSIFIER, TrainConfig, expert_names
 from l2d.data.dataset import Dataset, load_dataset, load_test_split
 from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
-from l2d.errors import L2DError, TrainingDiverged, first_line
+from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
 from l2d.evaluate import (
     SplitEvaluation,
     available_options,
@@ -35,7 +35,7 @@ from l2d.evaluate import (
     make_predict_step,
 )
 from l2d.methods import make_method
-from l2d.methods.base import MEASUREMENTS_TAG, MISSING
+from l2d.methods.base import EXPERTS_TAG, MEASUREMENTS_TAG, MISSING
 from l2d.metrics import (
     ACCURACY,
     AUC,
@@ -52,7 +52,6 @@ from l2d.tracking import (
     NullTracker,
     check_reachable,
     import_mlflow,
-    json_safe,
     resolve_tracking_uri,
 )
 from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
@@ -91,23 +90,36 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
 
 
 def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run_id):
-    """(graphdef, replicated state, first epoch): new, or the latest checkpoint of the run resumed.
+    """(graphdef, replicated state, ``checkpoint.Restored`` or None): a new state, or the latest
+    checkpoint of the run resumed, with the position and partial totals it was saved at.
 
     ``opening`` is the tracker being opened in the background; it is waited for only to check
-    that the run to resume exists.
+    that the run to resume exists and has not finished.
     """
     build = functools.partial(build_state, method, config,
                               total_steps=config.num_epochs * steps_per_epoch)
     if resume_run_id is None:
         graphdef, state = build()
-        return graphdef, parallel.replicate(state), 0
-    if not opening.result().run_exists(resume_run_id):
-        raise L2DError(f"--run-id={resume_run_id}: no such run in {opening.result().uri}")
+        return graphdef, parallel.replicate(state), None
+    check_resumable(opening.result(), resume_run_id)
     graphdef, template = build(abstract=True)
-    state, start_epoch = checkpoint.restore_latest(
+    restored = checkpoint.restore_latest(
         run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
-        seed=config.seed, method=config.method)
-    return graphdef, state, start_epoch
+        seed=config.seed, method=config.method,
+        abstract_totals=parallel.abstract(zero_train_totals(method)))
+    return graphdef, restored.state, restored
+
+
+def check_resumable(tracker, run_id: str) -> None:
+    """L2DError unless ``run_id`` exists and has not finished: a finished run resumed would only
+    log its evaluation and its model a second time."""
+    status = tracker.run_status(run_id)
+    if status is None:
+        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
+    if status == "FINISHED":
+        raise L2DError(f"--run-id={run_id}: the run is FINISHED, there is nothing to resume; "
+                       f"`--test --run-id {run_id}` evaluates it again, and a longer training "
+                       "is a new run")
 
 
 def train(config: TrainConfig, *, resume_run_id: str | None = None,
@@ -137,54 +149,72 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
                              num_classes=dataset.num_classes, num_experts=dataset.num_experts)
         steps_per_epoch = train_steps_per_epoch(
             dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
-        graphdef, state, start_epoch = initial_state(
+        graphdef, state, restored = initial_state(
             config, method, steps_per_epoch, parallel, opening, resume_run_id)
         train_step, predict_step = compiled_steps(config, method, dataset, graphdef, state,
                                                   parallel)
         tracker = opening.result()
 
-    with StopRequests() as stop, tracker.run(
-            experiment_name=config.experiment_name, description=config.run_description,
-            run_id=resume_run_id) as run_id:
-        run_id = parallel.share_run_id(run_id)
-        folder = run_folder(config, run_id)
-        manager = checkpoint.open_manager(folder / "checkpoints", keep=config.keep_checkpoints)
-        if resume_run_id is None and parallel.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
-            config.save(folder / CONFIG_FILE)
-            unused = config.unused_fields()
-            tracker.log_params({k: v for k, v in config.to_dict().items() if k not in unused})
-            tracker.log_dict(config.to_dict(), CONFIG_FILE)
-            tracker.set_tags({"checkpoints": str(folder / "checkpoints"),
-                              MEASUREMENTS_TAG: ",".join(method.measurements)})
-            for context, split in (("train", dataset.train), ("test", dataset.test)):
-                tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
-                                    source=os.path.abspath(split.groundtruth_path),
-                                    context=context)
-            if config.allow_missing_annotations:
-                tracker.log_metrics({**missing_counts("train", dataset.train),
-                                     **missing_counts("test", dataset.test)}, step=0)
-        if parallel.is_main:
-            print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
-                  + ("" if tracker.uri.startswith("http") else
-                     f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
-                  file=sys.stderr)
-        try:
-            metrics, counts, state = fit(config, method, dataset, train_step, predict_step,
-                                         state, tracker, manager, stop, parallel,
-                                         start_epoch=start_epoch, steps_per_epoch=steps_per_epoch)
-        finally:
-            manager.wait_until_finished()
-            manager.close()
-        tracker.log_dict(metrics, "final_metrics.json")
-        tracker.log_dict(deferral_table(counts), "deferral_table.json")
-        if parallel.is_main:
-            log_trained_system(tracker, run_id, config, parallel.fetch(state[0]), dataset,
-                               register_model=register_model)
-        # A Ctrl-C while the model was logged ends the run KILLED, as during training.
-        stop.check()
+    run_id = None
+    try:
+        with StopRequests() as stop, tracker.run(
+                experiment_name=config.experiment_name, description=config.run_description,
+                run_name=config.run_name, run_id=resume_run_id) as run_id:
+            run_id = parallel.share_run_id(run_id)
+            folder = run_folder(config, run_id)
+            if resume_run_id is None and parallel.is_main:
+                log_run_start(tracker, folder, config, method, dataset)
+            if parallel.is_main:
+                print(f"l2d: run {run_id}: {tracker.run_url(run_id)}"
+                      + ("" if tracker.uri.startswith("http") else
+                         f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
+                      file=sys.stderr)
+            checkpoints = checkpoint.RunCheckpoints(folder / "checkpoints",
+                                                    keep=config.keep_checkpoints,
+                                                    seed=config.seed, method=method.name)
+            try:
+                metrics, counts, state = fit(
+                    config, method, dataset, train_step, predict_step, state, tracker,
+                    checkpoints, stop, parallel, restored=restored,
+                    steps_per_epoch=steps_per_epoch)
+            finally:
+                checkpoints.close()
+            tracker.log_dict(metrics, "final_metrics.json")
+            tracker.log_dict(deferral_table(counts, option_names(config)), "deferral_table.json")
+            if parallel.is_main:
+                log_trained_system(tracker, run_id, config, parallel.fetch(state[0]), dataset,
+                                   register_model=register_model)
+            # A Ctrl-C while the model was logged ends the run KILLED, as during training.
+            stop.check()
+    except Interrupted as interrupted:
+        interrupted.run_id = run_id
+        raise
     parallel.wait_for_all("l2d: run ended")
     return metrics
+
+
+def log_run_start(tracker, folder: Path, config: TrainConfig, method, dataset) -> None:
+    """What a new run records once: its configuration (file and params), tags, dataset inputs
+    and, with missing annotations, how many each expert lacks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / CONFIG_FILE)
+    unused = config.unused_fields()
+    tracker.log_params({k: v for k, v in config.to_dict().items() if k not in unused})
+    tracker.log_dict(config.to_dict(), CONFIG_FILE)
+    tracker.set_tags({"checkpoints": str(folder / "checkpoints"),
+                      MEASUREMENTS_TAG: ",".join(method.measurements),
+                      EXPERTS_TAG: json.dumps(expert_names(config))})
+    for context, split in (("train", dataset.train), ("test", dataset.test)):
+        tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
+                            source=os.path.abspath(split.groundtruth_path), context=context)
+    if config.allow_missing_annotations:
+        tracker.log_metrics({**missing_counts("train", dataset.train),
+                             **missing_counts("test", dataset.test)}, step=0)
+
+
+def option_names(config: TrainConfig) -> list[str]:
+    """The experts' names, then the classifier's: the columns of the deferral table."""
+    return [*expert_names(config), CLASSIFIER]
 
 
 def import_tracking_modules() -> None:
@@ -237,15 +267,17 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
     return train_step, predict_step
 
 
-def fit(config, method, dataset, train_step, predict_step, state, tracker, manager, stop, parallel,
-        *, start_epoch, steps_per_epoch):
-    """The epoch loop from ``start_epoch``; return the last epoch's (test metrics, counts) and
-    the trained state.
+def fit(config, method, dataset, train_step, predict_step, state, tracker, checkpoints, stop,
+        parallel, *, restored, steps_per_epoch):
+    """The epoch loop from where ``restored`` stands (None: the start); return the last epoch's
+    (test metrics, counts) and the trained state.
 
-    Every evaluation logs the test metrics and the accuracy-coverage curve. ``stop.check()``
-    after every step is where Ctrl-C and SIGTERM take effect.
+    Every evaluation logs the test metrics and the accuracy-coverage curve. A Ctrl-C or SIGTERM
+    takes effect after the step it came in (or after the epoch's end): the state there is saved
+    (one process only; see ``save_and_stop``), then the run stops.
     """
     quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
+    start = restored.position if restored is not None else checkpoint.Position(0)
 
     def evaluate_and_log_curve(state, epoch):
         evaluation = evaluate_split(predict_step, state, dataset.test, dataset.test_images,
@@ -254,27 +286,45 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, manag
         tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
         return {**summarise(evaluation.counts), AUC: evaluation.curve.area()}, evaluation.counts
 
+    def save_and_stop(state, totals, position, *, saved_at_epoch_end=False):
+        if not saved_at_epoch_end and parallel.is_single_process:
+            # Several processes get their signals at different steps, and a save needs them all.
+            checkpoints.save_interrupted(state, totals, position,
+                                         global_step=position.epoch * steps_per_epoch
+                                         + position.step)
+        saved = saved_at_epoch_end or parallel.is_single_process
+        raise Interrupted(f"signal {stop.received}", saved=(
+            f"its state {position.describe(steps_per_epoch)} is saved" if saved else None))
+
     metrics, counts = {}, {}
-    epochs = tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
+    first_step_reported = False
+    epochs = tqdm(range(start.epoch, config.num_epochs), desc="epochs", initial=start.epoch,
                   total=config.num_epochs, disable=quiet, file=sys.stderr)
     for epoch in epochs:
-        totals = parallel.replicate(zero_train_totals(method))
+        first_step = start.step if epoch == start.epoch else 0
+        totals = (restored.totals if first_step and restored.totals is not None
+                  else parallel.replicate(zero_train_totals(method)))
         started = time.perf_counter()
-        batches = train_batches(
-            dataset.train, dataset.train_images, batch_size=config.batch_size, seed=config.seed,
-            epoch=epoch, prefetch_size=config.prefetch_size, num_threads=config.num_threads,
-            shard=parallel.shard)
         loader_wait = 0.0
-        for index in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
-                          disable=quiet, file=sys.stderr):
-            waiting = time.perf_counter()
-            batch = next(batches)
-            loader_wait += time.perf_counter() - waiting
-            state, totals = train_step(state, totals, parallel.put_batch(batch),
-                                       epoch * steps_per_epoch + index)
-            if epoch == start_epoch and index == 0 and parallel.is_main:
-                report_first_step(totals, tracker)
-            stop.check()
+        if first_step < steps_per_epoch:
+            batches = train_batches(
+                dataset.train, dataset.train_images, batch_size=config.batch_size,
+                seed=config.seed, epoch=epoch, prefetch_size=config.prefetch_size,
+                num_threads=config.num_threads, shard=parallel.shard, first_step=first_step)
+            for index in tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}",
+                              leave=False, disable=quiet, file=sys.stderr, initial=first_step,
+                              total=steps_per_epoch):
+                waiting = time.perf_counter()
+                batch = next(batches)
+                loader_wait += time.perf_counter() - waiting
+                state, totals = train_step(state, totals, parallel.put_batch(batch),
+                                           epoch * steps_per_epoch + index)
+                if not first_step_reported and parallel.is_main:
+                    report_first_step(totals, tracker)
+                    first_step_reported = True
+                if stop.requested:
+                    batches.close()
+                    save_and_stop(state, totals, checkpoint.Position(epoch, index + 1))
         totals = parallel.fetch(totals)
         # fetch waited for the last step, so this is the epoch's whole training time.
         loader_wait_fraction = loader_wait / (time.perf_counter() - started)
@@ -285,22 +335,30 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, manag
         if nonfinite_steps:
             diverged["steps with non-finite gradients or weights"] = nonfinite_steps
         if diverged:
-            last = manager.latest_step()
+            last = checkpoints.latest_epoch()
             raise TrainingDiverged(
                 f"epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in diverged.items())}; "
-                "stopped, " + (f"last good checkpoint: epoch {last} in {manager.directory}"
+                "stopped, " + (f"last good checkpoint: epoch {last} in {checkpoints.directory}"
                                if last is not None else "no checkpoint was written"))
         metrics, counts = evaluate_and_log_curve(state, epoch + 1)
         tracker.log_metrics({**train_metrics, **metrics,
                              "loader/wait_fraction": loader_wait_fraction}, step=epoch + 1)
         epochs.set_postfix(accuracy=f"{metrics[ACCURACY]:.3f}",
                            coverage=f"{metrics[COVERAGE]:.2f}")
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
-            checkpoint.save(manager, state, next_epoch=epoch + 1, seed=config.seed,
-                            method=method.name)
-    if start_epoch == config.num_epochs:
+        if epoch == start.epoch and parallel.is_main:
+            report_duration(config, epoch_seconds=time.perf_counter() - started,
+                            steps_trained=steps_per_epoch - first_step,
+                            steps_per_epoch=steps_per_epoch, epochs_left=config.num_epochs - epoch)
+        at_checkpoint = ((epoch + 1) % config.checkpoint_every == 0
+                         or epoch + 1 == config.num_epochs)
+        if at_checkpoint:
+            checkpoints.save_epoch(state, epoch=epoch + 1)
+        if stop.requested:
+            save_and_stop(state, parallel.replicate(zero_train_totals(method)),
+                          checkpoint.Position(epoch + 1), saved_at_epoch_end=at_checkpoint)
+    if start.epoch == config.num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
-        metrics, counts = evaluate_and_log_curve(state, start_epoch)
+        metrics, counts = evaluate_and_log_curve(state, start.epoch)
     return metrics, counts, state
 
 
@@ -332,6 +390,25 @@ def log_trained_system(tracker, run_id, config, model_state, dataset, *, registe
         line = first_line(error)
         print(f"l2d: warning: the plots of run {run_id} were not logged ({line[:200]}); "
               f"`l2d plot --run-id {run_id}` draws them", file=sys.stderr)
+
+
+# Above this, the first epoch's pace is printed with the time the whole run will take.
+LONG_RUN_S = 600
+
+
+def report_duration(config: TrainConfig, *, epoch_seconds: float, steps_trained: int,
+                    steps_per_epoch: int, epochs_left: int) -> None:
+    """After the first epoch trained, say how long the run will take when that is long (on a
+    CPU, the default networks take hours: the README's "Training" gives CPU-sized ones)."""
+    if not steps_trained:
+        return
+    left = epoch_seconds / steps_trained * steps_per_epoch * (epochs_left - 1)
+    if left > LONG_RUN_S:
+        platform = jax.devices()[0].platform
+        print(f"l2d: the first epoch took {epoch_seconds:.0f} s on the {platform}; the "
+              f"{epochs_left - 1} epochs left take about {left / 3600:.1f} h at this pace"
+              + (" (the README's \"Training\" shows CPU-sized networks)" if platform == "cpu"
+                 else ""), file=sys.stderr)
 
 
 def report_first_step(totals, tracker) -> None:
@@ -380,25 +457,30 @@ def test(config: TrainConfig, run_id: str) -> dict[str, float]:
     method = make_method(config, in_channels=test_images.shape[-1],
                          num_classes=config.num_classes, num_experts=test_split.num_experts)
     graphdef, template = build_state(method, config, total_steps=1, abstract=True)
-    state, epoch = checkpoint.restore_latest(
+    restored = checkpoint.restore_latest(
         run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed,
         method=config.method)
     mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
     predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
                                      replicated=parallel.replicated)
-    evaluation = evaluate_split(predict_step, state, test_split, test_images,
+    evaluation = evaluate_split(predict_step, restored.state, test_split, test_images,
                                 num_classes=config.num_classes, config=config, parallel=parallel)
     metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
     if config.allow_missing_annotations:
         metrics.update(missing_counts("test", test_split))
-    result = {"checkpoint_epoch": epoch, "test_groundtruth_file": config.test_groundtruth_file,
+    position = restored.position
+    result = {"checkpoint_epoch": position.epoch, "checkpoint_step": position.step,
+              "test_groundtruth_file": config.test_groundtruth_file,
               "test_files": list(config.test_files), "test_workload": config.test_workload,
-              "metrics": metrics, "deferral_table": deferral_table(evaluation.counts),
+              "metrics": metrics,
+              "deferral_table": deferral_table(evaluation.counts, option_names(config)),
               "accuracy_coverage": evaluation.curve.to_json(),
               # Per ground-truth entry, in manifest order: the option chosen (the experts in
               # --test-files order, then the classifier).
               "routed_to": evaluation.chosen.tolist()}
     name = Path(config.test_groundtruth_file).stem
-    tracker.log_dict_to(run_id, result, f"test/{name}_epoch_{epoch}.json")
-    print(json.dumps(json_safe({"checkpoint_epoch": epoch, **metrics}), indent=2))
+    at = f"epoch_{position.epoch}" + (f"_step_{position.step}" if position.step else "")
+    tracker.log_dict_to(run_id, result, f"test/{name}_{at}.json")
+    print(f"l2d: the checkpoint {position.describe()} of run {run_id} on "
+          f"{config.test_groundtruth_file}:", file=sys.stderr)
     return metrics

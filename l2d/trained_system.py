@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l2d.config import TEST_WORKLOADS, TrainConfig
+from l2d.config import CLASSIFIER, TEST_WORKLOADS, TrainConfig, expert_names
 from l2d.data.images import decode_all
 from l2d.data.manifest import SplitRecords
 from l2d.data.prepare import CLASSES_FILE
@@ -35,23 +35,12 @@ from l2d.workload import share_bounds
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
 SYSTEM_FILE = "system.json"
-# The decision of an image the classifier keeps; the others are the experts' names.
-CLASSIFIER = "classifier"
 # ``expert_index`` of an image the classifier keeps.
 KEPT = -1
 # Images of a model's input example: the first test images of the run.
 EXAMPLE_IMAGES = 2
 # Largest number of images scored by one call of the compiled program.
 MAX_CHUNK = 256
-
-
-def expert_names(train_files) -> list[str]:
-    """The experts' names: their training manifests' file names without ``.json``, made unique
-    (and distinct from ``classifier``) by a ``k:`` prefix when two would be equal."""
-    stems = [Path(file).stem for file in train_files]
-    if len(set(stems)) == len(stems) and CLASSIFIER not in stems:
-        return stems
-    return [f"{k}:{stem}" for k, stem in enumerate(stems)]
 
 
 def class_names(config: TrainConfig) -> list[str]:
@@ -90,7 +79,7 @@ def save_system(folder: Path, config: TrainConfig, model_state) -> Path:
     np.savez(folder / WEIGHTS_FILE,
              **{key: np.asarray(value) for key, value in flat_arrays(model_state).items()})
     (folder / SYSTEM_FILE).write_text(json.dumps({
-        "experts": expert_names(config.train_files),
+        "experts": expert_names(config),
         "classes": class_names(config),
         "image_shape": list(config.image_shape),
         "method": config.method,
@@ -134,10 +123,27 @@ class TrainedSystem:
         self._decide = jax.jit(decide)
 
     def check_images(self, images, source: str = "input") -> np.ndarray:
-        """``images`` if they are a uint8 ``[N, H, W, C]`` array of this system's shape, else
-        L2DError saying what was given and what the system takes."""
+        """uint8 ``[N, H, W, C]`` images of this system's shape, else L2DError saying what was
+        given and what the system takes.
+
+        Integer arrays are taken when every value is in 0..255 (JSON has no dtype: a body of
+        pixels arrives as int64); nothing is ever cast silently, so floats (pixels scaled to
+        [0, 1], NaN, infinities) and integers out of range are refused. An empty batch, of any
+        rank, is an empty uint8 batch.
+        """
         images = np.asarray(images)
+        if images.size == 0 and images.ndim in (1, 4):
+            return np.zeros((0, *self.image_shape), np.uint8)
         expected = "x".join(map(str, self.image_shape)) + " (HxWxC)"
+        if images.ndim == 4 and images.dtype.kind in "iuf" and images.dtype != np.uint8:
+            outside = ~np.isin(images, np.arange(256)) if images.dtype.kind == "f" else (
+                (images < 0) | (images > 255))
+            if outside.any():
+                kind = "float" if images.dtype.kind == "f" else "integer"
+                raise L2DError(f"{source}: pixels are uint8 in 0..255; got {kind} values such "
+                               f"as {images[outside].flat[0]:g}")
+            if images.dtype.kind != "f":
+                images = images.astype(np.uint8)
         if images.ndim != 4 or images.dtype != np.uint8:
             raise L2DError(f"{source}: an array of {images.dtype} and shape {images.shape}; "
                            f"expected uint8 images [N, H, W, C] of {expected}")

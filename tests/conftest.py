@@ -162,6 +162,16 @@ def run_cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProce
     return result
 
 
+def in_process_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """(exit code, stderr) of ``l2d ARGV`` run in this process, from the current folder; JAX's
+    set-up is left as the tests have it."""
+    from l2d import cli
+
+    monkeypatch.setattr(cli, "start_jax", lambda config: None)
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
 def only_run(client):
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments)

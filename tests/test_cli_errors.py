@@ -211,6 +211,22 @@ def undecodable_image(d):
     return [], [d["test_groundtruth"], "entry 5", "test_0005.png", "decoded"]
 
 
+def truncated_jpeg(d):
+    """libjpeg prints its own warning each time the file is read: none of it may show."""
+    manifest = load(d["test_groundtruth"])
+    jpeg = image_path(d, "test", 5).removesuffix(".png") + ".jpg"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(jpeg)
+    with open(jpeg, "r+b") as f:
+        f.truncate(os.path.getsize(jpeg) // 2)
+    manifest[5]["file"] = manifest[5]["file"].removesuffix(".png") + ".jpg"
+    dump(d["test_groundtruth"], manifest)
+    for expert in d["test_experts"]:
+        entries = load(expert)
+        entries[5]["file"] = manifest[5]["file"]
+        dump(expert, entries)
+    return [], [d["test_groundtruth"], "entry 5", "test_0005.jpg", "decoded"]
+
+
 def mixed_image_shapes(d):
     Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(image_path(d, "train", 11))
     return [], [d["train_groundtruth"], "entry 11", "train_0011.png", "(9, 8, 3)", "(8, 8, 3)"]
@@ -244,7 +260,8 @@ def train_and_test_shapes_differ(d):
 DATA_CASES = [
     invalid_json, not_a_list, entry_not_an_object, missing_label, non_integer_label,
     label_above_num_classes_flag, label_out_of_range_in_test_split, expert_label_out_of_range,
-    duplicate_file, missing_manifest, missing_image_file, undecodable_image, mixed_image_shapes,
+    duplicate_file, missing_manifest, missing_image_file, undecodable_image, truncated_jpeg,
+    mixed_image_shapes,
     expert_missing_a_file, expert_with_an_extra_file, different_numbers_of_experts,
     train_and_test_shapes_differ,
 ]
@@ -288,11 +305,16 @@ def test_missing_required_flag(in_tmp, tiny_dataset, capfd):
                             "not by --method em"]),
         (["--model", "vgg"], ["--model", "invalid choice", "vgg"]),
         (["--width", "0", "--method", "ova"], ["--width=0", "at least 1"]),
+        (["--expert-names", "a"], ["--expert-names=a", "gives 1 names for 2 experts"]),
+        (["--expert-names", "a,a"], ["--expert-names=a,a", "its own non-empty name"]),
+        (["--expert-names", "a,classifier"], ["'classifier' names the classifier's option"]),
+        (["--run-name", " "], ["--run-name", "must not be empty"]),
     ],
     ids=["unknown-clf-model", "unknown-dfr-model", "bad-int", "unknown-flag", "resume-no-run-id",
          "test-no-run-id", "run-id-alone", "resume-and-test", "zero-batch-size", "negative-seed",
          "empty-experiment-name", "unknown-method", "em-flag-for-softmax", "softmax-flag-for-em",
-         "unknown-model", "zero-width"],
+         "unknown-model", "zero-width", "expert-names-count", "expert-names-twice",
+         "expert-named-classifier", "empty-run-name"],
 )
 def test_bad_flags(in_tmp, tiny_dataset, capfd, extra, fragments):
     assert_user_error(*run_main(train_argv(tiny_dataset, *extra), capfd), *fragments)
@@ -338,7 +360,24 @@ def test_resume_with_a_changed_flag(in_tmp, tiny_dataset, capfd):
     save_run_config(in_tmp, tiny_dataset, RUN_ID)
     argv = ["train", "--resume", "--run-id", RUN_ID, "--lr", "0.5"]
     assert_user_error(*run_main(argv, capfd), "--lr=0.5", RUN_ID, "trained with 0.01")
+    # More epochs than the run was started with: refused, saying why.
+    argv = ["train", "--resume", "--run-id", RUN_ID, "--num-epochs", "9"]
+    assert_user_error(*run_main(argv, capfd), "--num-epochs=9", "trained with 1",
+                      "the learning rate decays over the epochs the run was started with, so a "
+                      "longer training is a new run")
     assert_no_running_run(in_tmp)
+
+
+def test_resume_of_a_finished_run(in_tmp, tiny_dataset, capfd):
+    """A finished run resumed would log its evaluation and its model a second time."""
+    client = mlflow_client(in_tmp)
+    run_id = client.create_run(client.create_experiment("l2d")).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    save_run_config(in_tmp, tiny_dataset, run_id, dfr_model="cnn")
+    argv = ["train", "--resume", "--run-id", run_id, "--no-tqdm"]
+    assert_user_error(*run_main(argv, capfd), f"--run-id={run_id}: the run is FINISHED, there "
+                      f"is nothing to resume; `--test --run-id {run_id}` evaluates it again")
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("mode", ["--resume", "--test"])

@@ -12,7 +12,13 @@ from conftest import dump, load, make_dataset, raises_one_line
 from PIL import Image
 
 from l2d.data.images import decode_all
-from l2d.data.manifest import check_labels, infer_num_classes, load_split, read_manifest
+from l2d.data.manifest import (
+    SplitRecords,
+    check_labels,
+    infer_num_classes,
+    load_split,
+    read_manifest,
+)
 from l2d.data.pipeline import (
     epoch_order,
     eval_batches,
@@ -200,6 +206,33 @@ def test_grayscale_keeps_one_channel(tmp_path):
     d = make_dataset(tmp_path, num_train=6, num_test=2, num_classes=2, num_experts=1, channels=1)
     decoded = decode_all(_train(d), num_threads=1, keep=True)
     assert decoded.shape == (8, 8, 1) and decoded.pixels.shape == (6, 8, 8, 1)
+
+
+def jpeg_split(folder, images: list[np.ndarray]) -> SplitRecords:
+    """A split of ``images`` saved as JPEGs (labels 0)."""
+    files = []
+    for i, pixels in enumerate(images):
+        files.append(str(folder / f"{i}.jpg"))
+        Image.fromarray(pixels).save(files[-1])
+    return SplitRecords(groundtruth_path="gt.json", expert_paths=(), files=tuple(files),
+                        labels=np.zeros(len(files), np.int32),
+                        expert_labels=np.zeros((len(files), 0), np.int32))
+
+
+def test_a_grayscale_jpeg_is_one_channel_as_a_grayscale_png(tmp_path):
+    gray = [np.full((8, 8), 40 * i, np.uint8) for i in range(3)]
+    split = jpeg_split(tmp_path, gray)
+    kept, streamed = _both_modes(split)
+    assert kept.shape == (8, 8, 1) and kept.pixels.shape == (3, 8, 8, 1)
+    np.testing.assert_allclose(kept.pixels[..., 0], np.stack(gray), atol=2)  # JPEG is lossy
+    batches = _collect(eval_batches(split, streamed, batch_size=2, prefetch_size=1,
+                                    num_threads=1))
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:3],
+                                  kept.pixels)
+    # Among colour images it is refused, as a grayscale PNG is.
+    colour = np.zeros((8, 8, 3), np.uint8)
+    raises_one_line(lambda: decode_all(jpeg_split(tmp_path, [colour, gray[1]]), num_threads=1,
+                                       keep=True), "entry 1", "(8, 8, 1) differs from (8, 8, 3)")
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -1,5 +1,6 @@
 """Plots of runs read back from a real local MLflow store; metrics logged directly, no training."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ from l2d import metrics
 from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
 from l2d.methods import METHODS, em
-from l2d.methods.base import MEASUREMENTS_TAG, TRAIN_COVERAGE
+from l2d.methods.base import EXPERTS_TAG, MEASUREMENTS_TAG, TRAIN_COVERAGE
 from l2d.methods.one_network import SURROGATE_LOSS
 from l2d.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
 from l2d.tracking import MlflowTracker
@@ -91,7 +92,7 @@ def store(tmp_path_factory):
 
 def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
     output = tmp_path / "new" / "plots"
-    paths = plot_runs(store.uri, [store.finished, store.killed], output)
+    paths = plot_runs(store.uri, [store.finished, store.killed], output, log_artifacts=True)
     assert [p.name for p in paths] == [
         "test_accuracy.png", "test_coverage.png", "train_coverage.png",
         "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "accuracy_coverage.png"]
@@ -138,6 +139,12 @@ def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(sto
         "test_accuracy.png", "test_coverage.png", "train_coverage.png",
         "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "loss_surrogate.png",
         "accuracy_coverage.png"]
+    # Nothing is logged unless asked; asked, each run gets only its own method's plots.
+    assert not store.client.list_artifacts(store.surrogate, "plots")
+    plot_runs(store.uri, [store.finished, store.surrogate], tmp_path / "logged",
+              log_artifacts=True)
+    logged = {a.path for a in store.client.list_artifacts(store.surrogate, "plots")}
+    assert "plots/loss_surrogate.png" in logged and "plots/loss_clf.png" not in logged
     assert read_run(MlflowTracker(store.uri), store.surrogate).curves[SURROGATE_LOSS][0] == [
         1, 2, 3, 4]
 
@@ -146,6 +153,23 @@ def test_a_run_without_its_accuracy_coverage_curve_is_named(store, tmp_path):
     with pytest.raises(L2DError, match=rf"run {store.no_curve}: no readable artifact "
                                        r"accuracy_coverage.json"):
         plot_runs(store.uri, [store.no_curve], tmp_path)
+
+
+def test_the_accuracy_plots_reference_the_classifier_and_each_expert_alone(store, tmp_path):
+    client = store.client
+    run_id = client.create_run(client.get_run(store.finished).info.experiment_id).info.run_id
+    log_epochs(client, run_id, offset=0.0)
+    client.set_tag(run_id, EXPERTS_TAG, json.dumps(["ann", "bob"]))
+    for epoch in range(1, EPOCHS + 1):
+        client.log_batch(run_id, metrics=[
+            Metric(metrics.CLF_ACCURACY, 0.1 * epoch, 1000 * epoch, epoch),
+            Metric(metrics.expert_accuracy_alone(0), 0.6, 1000 * epoch, epoch),
+            Metric(metrics.expert_accuracy_alone(1), 0.7, 1000 * epoch, epoch)])
+    references = read_run(MlflowTracker(store.uri), run_id).references
+    assert references == {"classifier alone": ([1, 2, 3, 4], pytest.approx([0.1, 0.2, 0.3, 0.4])),
+                          "expert ann alone": ([1, 2, 3, 4], [0.6] * 4),
+                          "expert bob alone": ([1, 2, 3, 4], [0.7] * 4)}
+    assert len(plot_runs(store.uri, [run_id], tmp_path)) == 7
 
 
 def test_latest_per_step_keeps_the_point_logged_last():

@@ -1,7 +1,10 @@
 """End-to-end runs of the real CLI with real MLflow stores: pulse, server, SIGKILL + resume."""
 
+import builtins
+import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +25,7 @@ from conftest import (
     TINY_NETWORK,
     cli_env,
     free_port,
+    in_process_cli,
     make_dataset,
     only_run,
     run_cli,
@@ -29,7 +33,9 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from l2d import metrics
+from l2d import metrics, train
+from l2d.errors import Interrupted
+from l2d.signals import StopRequests
 from l2d.data.manifest import load_split, read_manifest
 from l2d.methods import em
 from l2d.methods.base import TRAIN_COVERAGE
@@ -38,6 +44,19 @@ from l2d.methods.one_network import SURROGATE_LOSS
 def final_metrics(client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
     path = client.download_artifacts(run_id, "final_metrics.json", str(tmp_path))
     return json.loads(Path(path).read_text())
+
+
+def tested(result, client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
+    """What ``--test`` logged (its metrics, with ``checkpoint_epoch``) after checking that it
+    printed them as ``train`` does: the summary, then every metric, NaN as ``nan``."""
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("system accuracy ") and lines[-1].startswith(
+        "l2d: test metrics: accuracy=")
+    assert "null" not in result.stdout
+    artifacts = sorted(f.path for f in client.list_artifacts(run_id, "test"))
+    logged = json.loads(Path(client.download_artifacts(run_id, artifacts[-1], str(tmp_path))
+                             ).read_text())
+    return {"checkpoint_epoch": logged["checkpoint_epoch"], **logged["metrics"]}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +122,7 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     # --test re-evaluates the last checkpoint: the same numbers, logged without reopening the run.
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run.info.run_id],
                      tmp_path)
-    printed = json.loads(result.stdout)
+    printed = tested(result, client, run.info.run_id, tmp_path)
     assert printed.pop("checkpoint_epoch") == 3
     np.testing.assert_equal(printed, final)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
@@ -133,7 +152,7 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
 
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
                      tmp_path)
-    printed = json.loads(result.stdout)
+    printed = tested(result, client, run_id, tmp_path)
     assert printed.pop("checkpoint_epoch") == 2
     np.testing.assert_equal(printed, final)
     # The MLflow model logged at the end of the run routes the test images as --test did.
@@ -198,7 +217,7 @@ def test_em_with_missing_annotations_and_workload_bounds_trains_tests_and_resume
 
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
                      tmp_path)
-    printed = json.loads(result.stdout)
+    printed = tested(result, client, run_id, tmp_path)
     assert printed.pop(metrics.missing_annotations("test", 0)) == 6
     assert printed.pop(metrics.missing_annotations("test", 1)) == 0
     assert printed.pop("checkpoint_epoch") == 2
@@ -252,18 +271,37 @@ def test_run_logged_to_a_real_mlflow_server(dataset, tmp_path):
         server.wait(timeout=60)
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
-    epochs = 30
-    argv = train_argv(dataset, "--batch-size", "8", "--num-epochs", str(epochs),
-                      "--checkpoint-every", "1", "--keep-checkpoints", "2", "--augment",
-                      "--seed", "3")
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir(), interrupted.mkdir()
-    run_cli(argv, straight)
+# The run that the interrupted ones must equal once resumed: augmentation and Monte Carlo draws
+# too, 5 steps per epoch.
+RESUMED_FLAGS = ("--batch-size", "8", "--num-epochs", "30", "--checkpoint-every", "1",
+                 "--keep-checkpoints", "2", "--augment", "--e-step", "mc", "--seed", "3")
 
-    victim = subprocess.Popen(argv, cwd=interrupted, env=cli_env(),
+
+@pytest.fixture(scope="module")
+def straight_run(dataset, tmp_path_factory):
+    """(final metrics, last training losses) of the uninterrupted run of ``RESUMED_FLAGS``."""
+    folder = tmp_path_factory.mktemp("straight")
+    run_cli(train_argv(dataset, *RESUMED_FLAGS), folder)
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    run = only_run(client)
+    return (final_metrics(client, run.info.run_id, folder),
+            {name: run.data.metrics[name] for name in (em.CLF_LOSS, em.GATE_LOSS)})
+
+
+def assert_equals_straight_run(client, run_id, tmp_path, straight_run):
+    final, losses = straight_run
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), final)
+    for name, value in losses.items():
+        assert run.data.metrics[name] == value, name
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path, straight_run):
+    argv = train_argv(dataset, *RESUMED_FLAGS)
+    victim = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    artifacts = interrupted / "artifacts"
+    artifacts = tmp_path / "artifacts"
     deadline = time.monotonic() + 300
     while not list(artifacts.glob("*/checkpoints/2")):
         assert victim.poll() is None, victim.stderr.read()
@@ -273,22 +311,91 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     victim.wait()
     (run_folder,) = artifacts.iterdir()
     run_id = run_folder.name
-    interrupted_client = MlflowClient(f"sqlite:///{interrupted / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     kept = sorted(int(p.name) for p in (run_folder / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept and kept[-1] < epochs, "the run finished before it was killed"
-    assert interrupted_client.get_run(run_id).info.status == "RUNNING"  # SIGKILL can't be caught.
+    assert kept and kept[-1] < 30, "the run finished before it was killed"
+    assert client.get_run(run_id).info.status == "RUNNING"  # SIGKILL can't be caught.
 
     run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id,
-             "--no-tqdm"], interrupted)
+             "--no-tqdm"], tmp_path)
+    assert_equals_straight_run(client, run_id, tmp_path, straight_run)
 
-    straight_client = MlflowClient(f"sqlite:///{straight / 'mlflow.db'}")
-    straight_run = only_run(straight_client)
-    resumed_run = interrupted_client.get_run(run_id)
-    assert resumed_run.info.status == "FINISHED"
-    np.testing.assert_equal(final_metrics(interrupted_client, run_id, tmp_path),
-                            final_metrics(straight_client, straight_run.info.run_id, tmp_path))
-    for name in (em.CLF_LOSS, em.GATE_LOSS, metrics.ACCURACY):
-        assert resumed_run.data.metrics[name] == straight_run.data.metrics[name], name
+
+def interrupting(make_train_step, *, after_step: int):
+    """``make_train_step`` whose step sends this process a SIGINT after global step
+    ``after_step``, as a Ctrl-C in the middle of an epoch."""
+    def make(*args, **kwargs):
+        step = make_train_step(*args, **kwargs)
+
+        def interrupted_step(state, totals, batch, global_step):
+            result = step(state, totals, batch, global_step)
+            if global_step == after_step:
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+
+        interrupted_step.lower = step.lower
+        return interrupted_step
+
+    return make
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(
+        dataset, tmp_path, monkeypatch, capsys, straight_run):
+    monkeypatch.chdir(tmp_path)
+    # Global step 7 is the third of epoch 2; epoch 1's checkpoint is older.
+    monkeypatch.setattr(train, "make_train_step",
+                        interrupting(train.make_train_step, after_step=7))
+    code, stderr = in_process_cli(monkeypatch, capsys, *train_argv(dataset, *RESUMED_FLAGS)[3:])
+    assert code == 130
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = only_run(client).info.run_id
+    resume = shlex.join([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id])
+    assert stderr.strip().splitlines()[-2:] == [
+        f"l2d: interrupted: run {run_id} is KILLED and its state in epoch 2 after step 3 of 5 "
+        "is saved", f"l2d: continue it with: {resume}"]
+    assert "Traceback" not in stderr
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(run_id, metrics.ACCURACY)] == [1]
+    checkpoints = tmp_path / "artifacts" / run_id / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "interrupted"]
+
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert in_process_cli(monkeypatch, capsys, "train", "--resume", "--run-id", run_id)[0] == 0
+    assert_equals_straight_run(client, run_id, tmp_path, straight_run)
+    # The later epoch checkpoints superseded the interrupted state.
+    assert not (checkpoints / "interrupted").exists()
+
+
+def test_a_full_disk_fails_the_run_at_once_and_keeps_the_last_checkpoint(
+        dataset, tmp_path, monkeypatch, capsys):
+    """Writing epoch 2's checkpoint fails as on a full disk: one line, the run FAILED before
+    epoch 3 trains, epoch 1's checkpoint intact and nothing half-written left."""
+    monkeypatch.chdir(tmp_path)
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "/checkpoints/2" in str(file) and any(c in mode for c in "wax+"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    code, stderr = in_process_cli(monkeypatch, capsys, *train_argv(
+        dataset, "--batch-size", "8", "--num-epochs", "4", "--checkpoint-every", "1")[3:])
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert code == 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = only_run(client)
+    checkpoints = tmp_path / "artifacts" / run.info.run_id / "checkpoints"
+    assert stderr.strip().splitlines()[-1] == (
+        f"l2d: error: {checkpoints}: cannot save the checkpoint after epoch 2 (No space left on "
+        "device); the last good checkpoint, epoch 1, is kept")
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, metrics.ACCURACY)] == [1, 2]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["1"]
+    # Epoch 1's checkpoint still restores: --test evaluates it.
+    assert in_process_cli(monkeypatch, capsys, "train", "--test", "--run-id",
+                          run.info.run_id)[0] == 0
 
 
 def test_diverging_run_stops_with_a_clear_message_and_ends_failed(dataset, tmp_path):
@@ -310,20 +417,38 @@ def test_diverging_run_stops_with_a_clear_message_and_ends_failed(dataset, tmp_p
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_ends_killed_and_keeps_its_checkpoints(dataset, tmp_path, signum):
+def test_signal_in_the_first_epochs_saves_the_run_and_prints_how_to_resume_it(
+        dataset, tmp_path, signum):
+    # No epoch checkpoint yet (every 5 epochs): without the interrupt's own, nothing would be
+    # left to resume, test or export.
     victim = subprocess.Popen(
-        train_argv(dataset, "--batch-size", "8", "--num-epochs", "1000", "--checkpoint-every", "1"),
+        train_argv(dataset, "--batch-size", "2", "--num-epochs", "6", "--checkpoint-every", "5"),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "artifacts").glob("*/checkpoints/1")):
-        assert victim.poll() is None, victim.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.05)
-    victim.send_signal(signum)
+    for line in victim.stderr:
+        if "first training step done" in line:
+            victim.send_signal(signum)
+            break
     _, stderr = victim.communicate(timeout=120)
-    assert victim.returncode == 130
-    assert stderr.strip().splitlines()[-1] == "l2d: interrupted; any started run is marked KILLED"
+    assert victim.returncode == 130, stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = only_run(client).info.run_id
+    saved, resume = stderr.strip().splitlines()[-2:]
+    assert saved.startswith(f"l2d: interrupted: run {run_id} is KILLED and its state ")
+    assert resume == (f"l2d: continue it with: {sys.executable} -m l2d train --resume --run-id "
+                      f"{run_id}")
     assert "Traceback" not in stderr
-    run = only_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
-    assert run.info.status == "KILLED"
-    assert list((tmp_path / "artifacts").glob("*/checkpoints/1"))
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert list((tmp_path / "artifacts" / run_id / "checkpoints" / "interrupted").iterdir())
+    if signum == signal.SIGTERM:
+        # The printed command, as it is, finishes the run.
+        run_cli(shlex.split(resume.removeprefix("l2d: continue it with: ")), tmp_path)
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_second_signal_stops_at_once():
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -22,6 +22,7 @@ from conftest import (
     decoded_test_split,
     expert_indices,
     free_port,
+    in_process_cli,
     load_deferral_system,
     make_dataset,
     only_run,
@@ -32,7 +33,7 @@ from conftest import (
 from mlflow import MlflowClient
 from PIL import Image
 
-from l2d import cli
+from l2d import cli, metrics
 from l2d.methods.base import MEASUREMENTS_TAG
 from l2d.plot import CURVE_PLOT, method_plots
 
@@ -57,9 +58,11 @@ def em_run(tmp_path_factory):
     run_id = only_run(client).info.run_id
     run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id], root)
     files, images = decoded_test_split(data)
+    artifacts = sorted(f.path for f in client.list_artifacts(run_id, "test"))
+    tested = json.loads(open(client.download_artifacts(run_id, artifacts[-1], str(root))).read())
     return types.SimpleNamespace(
         root=root, data=data, uri=uri, client=client, run_id=run_id, files=files,
-        images=images, model=load_deferral_system(uri, run_id),
+        images=images, model=load_deferral_system(uri, run_id), tested=tested,
         expected=expert_indices(routed_by_test(client, run_id, root), NUM_EXPERTS))
 
 
@@ -110,6 +113,13 @@ def test_model_routes_pixels_and_paths_as_test_did(em_run):
      "input: images of 8x8x1; this system was trained on 8x8x3 (HxWxC)"),
     (np.array(["/nowhere/a.png"], dtype=object),
      "input: entry 0 ('/nowhere/a.png'): image file not found"),
+    # Never a silent cast: pixels scaled to [0, 1], NaN, integers out of range.
+    (np.full((2, 8, 8, 3), 0.87), "input: pixels are uint8 in 0..255; got float values such as "
+     "0.87"),
+    (np.full((1, 8, 8, 3), np.nan, np.float32), "input: pixels are uint8 in 0..255; got float "
+     "values such as nan"),
+    (np.full((1, 8, 8, 3), 300), "input: pixels are uint8 in 0..255; got integer values such as "
+     "300"),
 ])
 def test_model_input_errors_name_the_problem(em_run, model_input, message):
     with pytest.raises(mlflow.exceptions.MlflowException) as error:
@@ -117,18 +127,23 @@ def test_model_input_errors_name_the_problem(em_run, model_input, message):
     assert str(error.value) == message
 
 
-def in_process_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    """(exit code, stderr) of ``l2d ARGV`` run in this process, from the run's folder; JAX's
-    set-up is left as the tests have it (the errors tested here come before or after it)."""
-    monkeypatch.setattr(cli, "start_jax", lambda config: None)
-    code = cli.main(list(argv))
-    return code, capsys.readouterr().err
+def test_model_answers_an_empty_batch_and_integer_pixels(em_run):
+    for empty in (np.zeros((0, 8, 8, 3), np.uint8), np.array([]), np.array([], dtype=object)):
+        decisions = em_run.model.predict(empty)
+        assert len(decisions) == 0 and list(decisions.columns)[:3] == [
+            "decision", "expert_index", "label"]
+    # Integers in 0..255 (what a JSON body of pixels becomes) are the same pixels.
+    assert em_run.model.predict(em_run.images.astype(np.int64)).equals(
+        em_run.model.predict(em_run.images))
 
 
 def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path, monkeypatch, capsys):
     output = tmp_path / "decisions.json"
+    # The test split's ground truth (labelled) and its experts' answers.
     result = l2d_cli("predict", "--run-id", em_run.run_id, "--manifest",
-                     em_run.data["test_groundtruth"], "--output", str(output), cwd=em_run.root)
+                     em_run.data["test_groundtruth"], "--expert-files",
+                     ",".join(em_run.data["test_experts"]), "--output", str(output),
+                     cwd=em_run.root)
     assert result.returncode == 0, result.stderr
     decisions = json.loads(output.read_text())
     assert [d["file"] for d in decisions] == em_run.files
@@ -136,9 +151,21 @@ def test_predict_command_writes_the_decisions_of_test(em_run, tmp_path, monkeypa
     options = list(decisions[0]["scores"])
     counts = np.bincount([k if k >= 0 else NUM_EXPERTS for k in em_run.expected],
                          minlength=NUM_EXPERTS + 1)
-    assert result.stdout.strip() == (
+    printed = result.stdout.strip().splitlines()
+    assert printed[0] == (
         f"12 images: {options[0]} {counts[0]}, {options[1]} {counts[1]}, classifier "
         f"{counts[2]}; decisions in {output}")
+    # Scored against the labels and the experts' answers: the numbers of --test.
+    scores = json.loads((tmp_path / "decisions_metrics.json").read_text())
+    tested = em_run.tested["metrics"]
+    assert scores["accuracy"] == pytest.approx(tested[metrics.ACCURACY], abs=1e-12)
+    assert scores["coverage"] == pytest.approx(tested[metrics.COVERAGE], abs=1e-12)
+    assert scores["classifier/accuracy_all"] == pytest.approx(tested[metrics.CLF_ACCURACY],
+                                                              abs=1e-12)
+    for k, name in enumerate(options[:NUM_EXPERTS]):
+        assert scores[f"{name}/share"] == pytest.approx(tested[metrics.expert_share(k)])
+    assert printed[1].startswith(f"system accuracy {tested[metrics.ACCURACY]:.3f}, coverage ")
+    assert printed[1].endswith(f"in {tmp_path / 'decisions_metrics.json'}")
 
     folder = tmp_path / "new"
     folder.mkdir()
@@ -169,6 +196,23 @@ def test_predict_command_errors_are_one_line(em_run, tmp_path, monkeypatch, caps
         (["--run-id", em_run.run_id, "--images", str(tmp_path / "small")],
          f"l2d: error: {tmp_path / 'small'}: entry 0 ({str(tmp_path / 'small' / 'a.png')!r}): "
          "image of 7x7x3; the run's system takes 8x8x3 (HxWxC)"),
+    ]
+    # Runs that ended before logging their model: one with a checkpoint, one without.
+    experiment = em_run.client.get_run(em_run.run_id).info.experiment_id
+    checkpoints = em_run.client.get_run(em_run.run_id).data.tags["checkpoints"]
+    killed = em_run.client.create_run(experiment, tags={"checkpoints": checkpoints}).info.run_id
+    em_run.client.set_terminated(killed, "KILLED")
+    failed = em_run.client.create_run(experiment).info.run_id
+    em_run.client.set_terminated(failed, "FAILED")
+    cases += [
+        (["--run-id", killed, "--images", str(tmp_path / "small")],
+         f"l2d: error: --run-id={killed}: the run is KILLED: it ended before logging its "
+         f"deferral_system model; `l2d export --run-id {killed}` logs one from its latest "
+         f"checkpoint (after epoch 2), or `l2d train --resume --run-id {killed}` finishes its "
+         "training"),
+        (["--run-id", failed, "--images", str(tmp_path / "small")],
+         f"l2d: error: --run-id={failed}: the run is FAILED and has no deferral_system model, "
+         "nor a checkpoint to make one from: there is nothing to serve"),
     ]
     for argv, start in cases:
         code, stderr = in_process_cli(monkeypatch, capsys, "predict", *argv, "--output",
@@ -201,11 +245,19 @@ def test_export_logs_a_model_to_an_existing_run_and_keeps_its_status(em_run, mon
     assert exported.predict(em_run.images)["expert_index"].tolist() == em_run.expected
 
 
-def post(url: str, images: np.ndarray, timeout: float = 60) -> list[int]:
-    body = json.dumps({"inputs": images.tolist()}).encode()
+def post(url: str, images, timeout: float = 60) -> list[int]:
+    body = json.dumps({"inputs": np.asarray(images).tolist()}).encode()
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return [row["expert_index"] for row in json.loads(response.read())["predictions"]]
+
+
+def refusal(url: str, images) -> str:
+    """The message of the HTTP 400 that POSTing ``images`` gets."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        post(url, images)
+    assert refused.value.code == 400
+    return json.loads(refused.value.read())["message"]
 
 
 def test_served_model_answers_as_local_predict_under_load(em_run, record_property):
@@ -233,12 +285,15 @@ def test_served_model_answers_as_local_predict_under_load(em_run, record_propert
                 time.sleep(0.25)
         first_answer_s = time.monotonic() - started
         assert first == em_run.expected
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            post(url, np.zeros((2, 7, 7, 3), np.uint8))
-        assert refused.value.code == 400
-        # MLflow's server puts the input before the model's message.
-        assert json.loads(refused.value.read())["message"].endswith(
+        # l2d's line is the whole message (MLflow's server would put the input before it).
+        assert refusal(url, np.zeros((2, 7, 7, 3), np.uint8)) == (
             "input: images of 7x7x3; this system was trained on 8x8x3 (HxWxC)")
+        # Pixels scaled to [0, 1] are refused, not cast to uint8 (0.87 would become 0).
+        scaled = em_run.images[:2] / 255.0
+        fraction = scaled[scaled != np.round(scaled)].flat[0]
+        assert refusal(url, scaled) == (
+            f"input: pixels are uint8 in 0..255; got float values such as {fraction:g}")
+        assert post(url, []) == []
 
         rng = np.random.default_rng(0)
         requests = [rng.choice(len(em_run.images), size=rng.integers(1, MAX_BATCH + 1))

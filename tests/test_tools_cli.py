@@ -87,5 +87,10 @@ def test_plot_command_writes_pngs_of_a_logged_run(tmp_path, capsys, monkeypatch)
     assert len(written) == len(method_plots("em")) + 1
     for path in written:
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # By default the PNGs go to --output only; --log-to-runs also logs them to the run.
+    assert not client.list_artifacts(run.info.run_id, "plots")
+    assert main(["plot", "--run-id", run.info.run_id, "--output", "figures",
+                 "--log-to-runs"]) == 0
+    capsys.readouterr()
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert logged == {f"plots/{p.rsplit('/', 1)[-1]}" for p in written}

@@ -8,15 +8,10 @@ import numpy as np
 from conftest import raises_one_line
 from flax import nnx
 
-from l2d.config import TrainConfig
+from l2d.config import TrainConfig, expert_names
 from l2d.evaluate import decide_on_images
 from l2d.methods import make_method
-from l2d.trained_system import (
-    TrainedSystem,
-    expert_names,
-    padded_size,
-    save_system,
-)
+from l2d.trained_system import TrainedSystem, padded_size, save_system
 
 SHAPE = (4, 4, 1)
 
@@ -37,10 +32,14 @@ def saved(tmp_path, config):
     return method, model, TrainedSystem(tmp_path / "system")
 
 
-def test_expert_names_are_the_manifest_names_made_unique():
-    assert expert_names(["a/alice.json", "b/bob.json"]) == ["alice", "bob"]
-    assert expert_names(["a/x.json", "b/x.json"]) == ["0:x", "1:x"]
-    assert expert_names(["classifier.json"]) == ["0:classifier"]
+def test_expert_names_are_the_manifest_names_made_unique_unless_named():
+    def names(files, given=None):
+        return expert_names(TrainConfig(train_files=tuple(files), expert_names=given))
+
+    assert names(["a/alice.json", "b/bob.json"]) == ["alice", "bob"]
+    assert names(["a/x.json", "b/x.json"]) == ["0:x", "1:x"]
+    assert names(["classifier.json"]) == ["0:classifier"]
+    assert names(["a/x.json", "b/x.json"], ("ann", "bo")) == ["ann", "bo"]
 
 
 def test_batches_are_padded_to_powers_of_two():

@@ -6,13 +6,20 @@ names the file behind a decode failure (MLX-Data only says ``load_stbi: could no
 and computes per-channel mean and std of the pixels scaled to [0, 1]. With ``keep=True`` it also
 keeps the uint8 pixels in one contiguous array, so that training never decodes again; with
 ``keep=False`` the pipeline decodes from disk each epoch instead.
+
+One rule for every format: an image has the channels its file stores, so a grayscale image is
+one channel. MLX-Data decodes PNGs that way but expands a grayscale JPEG to three equal channels;
+``stored_channels`` takes them back to one, for the JPEGs whose header says grayscale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +42,7 @@ class DecodedImages:
     channel_mean: np.ndarray  # float32 [C]: mean of pixel / 255 over all pixels of the split
     channel_std: np.ndarray  # float32 [C]: population std (ddof=0) of pixel / 255
     pixels: np.ndarray | None  # uint8 [N, H, W, C] in manifest order if kept, else None
+    grayscale_jpeg: np.ndarray  # bool [N]: the file is a grayscale JPEG (see stored_channels)
 
 
 def image_buffer(files, indices: np.ndarray):
@@ -86,6 +94,38 @@ def raise_shape_error(split: SplitRecords, row: int, shape, expected) -> None:
     )
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def grayscale_jpegs(files) -> np.ndarray:
+    """bool ``[N]``: which of ``files`` are JPEGs that store one channel (read from the header,
+    not decoded). A file that cannot be opened is left to the decoder to report."""
+    from PIL import Image, UnidentifiedImageError
+
+    flags = np.zeros(len(files), bool)
+    for i, file in enumerate(files):
+        if os.path.splitext(file)[1].lower() in JPEG_SUFFIXES:
+            try:
+                with Image.open(file) as image:
+                    flags[i] = image.mode == "L"
+            except (OSError, UnidentifiedImageError):
+                pass
+    return flags
+
+
+def stored_channels(images: np.ndarray, shapes: np.ndarray, grayscale_jpeg: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded batch (uint8 ``[b, H, W, C]`` and each image's ``[b, 3]`` shape) with its
+    grayscale JPEGs as one channel. A batch that mixes channel counts is refused by the shape
+    check that follows, so only a batch of one-channel images keeps one: channel 0, where
+    MLX-Data's padding of the narrower images leaves their values."""
+    if not grayscale_jpeg.any():
+        return images, shapes
+    shapes = shapes.copy()
+    shapes[grayscale_jpeg, 2] = 1
+    return (images[..., :1] if shapes[0, 2] == 1 else images), shapes
+
+
 def fits_in_memory(split: SplitRecords, num_bytes: int) -> bool:
     """Whether keeping ``num_bytes`` of pixels leaves half of the available memory free.
 
@@ -102,12 +142,42 @@ def fits_in_memory(split: SplitRecords, num_bytes: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def c_stderr_held() -> Iterator[None]:
+    """Hold back what is written to the process's stderr (file descriptor 2) meanwhile, and
+    write it out afterwards, unless an L2DError ends the block: libjpeg prints its own warning
+    for a broken JPEG each time one is read (the scan, then the search for the culprit), ahead
+    of the one line of l2d that names the file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        replay = True
+        try:
+            yield
+        except L2DError:
+            replay = False
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if replay:
+                held.seek(0)
+                os.write(2, held.read())
+
+
 def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedImages:
     """Decode every image of ``split`` once: check shapes, compute channel stats, maybe keep pixels.
 
     Raises L2DError naming the first file that cannot be decoded or whose shape differs from
-    the first image's.
+    the first image's (and nothing else on stderr: see ``c_stderr_held``).
     """
+    with c_stderr_held():
+        return _decode_all(split, num_threads=num_threads, keep=keep)
+
+
+def _decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedImages:
     if num_threads < 1:
         raise L2DError(f"number of decoding threads must be >= 1, got {num_threads}")
     n = split.num_samples
@@ -119,6 +189,7 @@ def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedI
         .batch(_SCAN_CHUNK)
         .ordered_prefetch(2 * num_threads, num_threads)
     )
+    grayscale_jpeg = grayscale_jpegs(split.files)
     expected: np.ndarray | None = None
     pixels: np.ndarray | None = None
     histogram = None  # int64 [C, 256]: how often each uint8 value occurs per channel (exact)
@@ -132,7 +203,8 @@ def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedI
         except RuntimeError as e:
             # Every row before `done` decoded, so the first failure at or after it is the culprit.
             raise_decode_error(split, e, rows[done:])
-        shapes = batch["image_shape"]  # int64 [b, 3]
+        images, shapes = stored_channels(  # uint8 [b, H, W, C], int64 [b, 3]
+            batch["image"], batch["image_shape"], grayscale_jpeg[batch["index"]])
         if expected is None:
             expected = shapes[0].copy()
             if keep and fits_in_memory(split, n * int(np.prod(expected))):
@@ -142,7 +214,6 @@ def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedI
         if differs.any():
             j = int(np.argmax(differs))
             raise_shape_error(split, int(batch["index"][j]), shapes[j], expected)
-        images = batch["image"]  # uint8 [b, H, W, C]
         flat = images.reshape(-1, images.shape[-1])
         for c in range(flat.shape[1]):  # bincount is ~6x faster than sums of squares in float64
             histogram[c] += np.bincount(flat[:, c], minlength=256)
@@ -161,4 +232,5 @@ def decode_all(split: SplitRecords, *, num_threads: int, keep: bool) -> DecodedI
         channel_mean=mean.astype(np.float32),
         channel_std=std.astype(np.float32),
         pixels=pixels,
+        grayscale_jpeg=grayscale_jpeg,
     )

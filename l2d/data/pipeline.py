@@ -34,6 +34,7 @@ from l2d.data.images import (
     image_buffer,
     raise_decode_error,
     raise_shape_error,
+    stored_channels,
 )
 from l2d.data.manifest import SplitRecords
 from l2d.errors import L2DError
@@ -96,10 +97,13 @@ def train_batches(
     prefetch_size: int,
     num_threads: int,
     shard: tuple[int, int] = (0, 1),
+    first_step: int = 0,
 ) -> Iterator[Batch]:
     """One training epoch: full batches in ``epoch_order(seed, epoch)``; short last batch dropped.
 
-    ``batch_size`` is the global batch; with ``shard`` each process gets its part of it.
+    ``first_step`` skips the epoch's first batches (a run resumed mid-epoch continues with the
+    batch it had not trained). ``batch_size`` is the global batch; with ``shard`` each process
+    gets its part of it.
     ``num_threads`` decoding threads are used only when ``images.pixels`` is None. Prefetching
     starts when this is called; ``close()`` the iterator (or use it in ``with``) to stop early.
     """
@@ -107,7 +111,7 @@ def train_batches(
     _check_threads(num_threads)
     columns = _local_columns(batch_size, shard)
     order = epoch_order(split.num_samples, seed, epoch)[: steps * batch_size]
-    rows = order.reshape(steps, batch_size)[:, columns]
+    rows = order.reshape(steps, batch_size)[first_step:, columns]
     source = _produce(split, images, rows, None, prefetch_size, num_threads)
     return _Prefetcher(source, prefetch_size)
 
@@ -184,11 +188,13 @@ def _decode_batches(
             batch = next(iterator)
         except RuntimeError as e:
             raise_decode_error(split, e, rows[step:].reshape(-1))
-        differs = (batch["image_shape"] != images.shape).any(axis=1)
+        pixels, shapes = stored_channels(batch["image"], batch["image_shape"],
+                                         images.grayscale_jpeg[rows[step]])
+        differs = (shapes != images.shape).any(axis=1)
         if differs.any():  # a file changed on disk since decode_all checked it
             j = int(np.argmax(differs))
-            raise_shape_error(split, int(rows[step, j]), batch["image_shape"][j], images.shape)
-        yield batch["image"]
+            raise_shape_error(split, int(rows[step, j]), shapes[j], images.shape)
+        yield pixels
 
 
 _END = object()

@@ -30,6 +30,8 @@ MISSING = -1
 
 # The MLflow tag of a run that lists (comma-separated) the training measurements it reports.
 MEASUREMENTS_TAG = "measurements"
+# The run's tag with its experts' names (a JSON list, in --train-files order).
+EXPERTS_TAG = "experts"
 
 # Every method reports this training measurement (see ``training_coverage``).
 TRAIN_COVERAGE = "coverage/train"
