@@ -36,6 +36,9 @@ DEMO_EPOCHS = 15
 # the inputs, so the classifier keeps the share it is good at.
 DEMO_DEFERRAL = {"clf_weighting": "uniform", "max_share": (0.4, 0.4, 1.0)}
 
+# What ``l2d runs --status`` filters by (MLflow's run statuses).
+RUN_STATUSES = ("FINISHED", "RUNNING", "FAILED", "KILLED")
+
 # Flags a --test run may change besides the runtime ones: which test manifests to evaluate on.
 TEST_OVERRIDABLE = frozenset({"test_files", "test_groundtruth_file", "batch_size",
                               "test_workload", "allow_missing_annotations"})
@@ -289,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
                          "mlflow.db in the current folder)")
 
+    runs = commands.add_parser(
+        "runs", help="list the runs of a tracking store, newest first",
+        description="List the runs of the tracking store, newest first: id, status, start, "
+                    "name, method, test accuracy and coverage, and whether the run has a "
+                    "model to serve. --newest prints only the newest run's id.")
+    runs.add_argument("--status", default="FINISHED", choices=[*RUN_STATUSES, "any"],
+                      help="runs of this status only (default: FINISHED)")
+    runs.add_argument("--experiment-name", help="runs of this experiment only")
+    runs.add_argument("--newest", action="store_true",
+                      help="print only the id of the newest such run, e.g. "
+                           "RUN_ID=$(l2d runs --newest)")
+    runs.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
+                      "mlflow.db in the current folder)")
+
     demo = commands.add_parser(
         "demo", help="build the digits demo dataset (once) and train on it",
         description="Write scikit-learn's handwritten digits as PNG files with two specialist "
@@ -534,6 +551,22 @@ def run_plot_command(args: dict) -> None:
     print("\n".join(str(path) for path in paths))
 
 
+def run_runs_command(args: dict) -> None:
+    from l2d import runs
+    from l2d.plot import open_store
+    from l2d.tracking import resolve_tracking_uri
+
+    tracker = open_store(resolve_tracking_uri(args["tracking_uri"]))
+    status = None if args["status"] == "any" else args["status"]
+    found = runs.search(tracker, status=status, experiment_name=args["experiment_name"])
+    if args["newest"]:
+        if not found:
+            raise L2DError(f"no {status or ''} run in {tracker.uri}".replace("  ", " "))
+        print(found[0].info.run_id)
+    else:
+        print(runs.table(found))
+
+
 def run_demo_command(args: dict) -> None:
     from l2d.data.demo import build_demo_dataset, demo_manifests
 
@@ -610,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_prepare_command(args)
         elif command == "experts":
             run_experts_command(args)
+        elif command == "runs":
+            run_runs_command(args)
     except L2DError as error:
         print(f"l2d: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -54,8 +54,8 @@ from l2d.tracking import (
     import_mlflow,
     resolve_tracking_uri,
 )
-from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
+from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
 from l2d.workload import assign_with_bounds, enforced_share_bounds
 
 CONFIG_FILE = "config.json"
@@ -346,7 +346,7 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
         epochs.set_postfix(accuracy=f"{metrics[ACCURACY]:.3f}",
                            coverage=f"{metrics[COVERAGE]:.2f}")
         if epoch == start.epoch and parallel.is_main:
-            report_duration(config, epoch_seconds=time.perf_counter() - started,
+            report_duration(epoch_seconds=time.perf_counter() - started,
                             steps_trained=steps_per_epoch - first_step,
                             steps_per_epoch=steps_per_epoch, epochs_left=config.num_epochs - epoch)
         at_checkpoint = ((epoch + 1) % config.checkpoint_every == 0
@@ -396,7 +396,7 @@ def log_trained_system(tracker, run_id, config, model_state, dataset, *, registe
 LONG_RUN_S = 600
 
 
-def report_duration(config: TrainConfig, *, epoch_seconds: float, steps_trained: int,
+def report_duration(*, epoch_seconds: float, steps_trained: int,
                     steps_per_epoch: int, epochs_left: int) -> None:
     """After the first epoch trained, say how long the run will take when that is long (on a
     CPU, the default networks take hours: the README's "Training" gives CPU-sized ones)."""

@@ -26,6 +26,7 @@ from conftest import (
     load_deferral_system,
     make_dataset,
     only_run,
+    raises_one_line,
     routed_by_test,
     run_cli,
     train_argv,
@@ -33,11 +34,13 @@ from conftest import (
 from mlflow import MlflowClient
 from PIL import Image
 
+import l2d
 from l2d import cli, metrics
 from l2d.methods.base import MEASUREMENTS_TAG
 from l2d.plot import CURVE_PLOT, method_plots
 
 NUM_EXPERTS = 2
+EXPERTS = ("ann", "bob")  # --expert-names
 REGISTERED = "tiny-system"
 # The load test: requests, concurrent clients, and the largest batch of one request.
 REQUESTS, CLIENTS, MAX_BATCH = 500, 8, 16
@@ -52,7 +55,8 @@ def em_run(tmp_path_factory):
                         num_experts=NUM_EXPERTS)
     run_cli(train_argv(data, "--batch-size", "8", "--num-epochs", "2", "--max-share",
                        "0.4,0.4,1", "--test-workload", "enforce", "--register-model",
-                       REGISTERED), root)
+                       REGISTERED, "--expert-names", ",".join(EXPERTS), "--run-name",
+                       "tiny-em"), root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = only_run(client).info.run_id
@@ -74,8 +78,11 @@ def l2d_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
 def test_run_logs_its_model_and_plots_and_registers_the_model(em_run):
     info = em_run.model.metadata
     assert info.signature is not None and info.saved_input_example_info is not None
-    assert [spec.name for spec in info.signature.outputs.inputs][:3] == [
-        "decision", "expert_index", "label"]
+    assert [spec.name for spec in info.signature.outputs.inputs] == [
+        "decision", "expert_index", "label", "score/ann", "score/bob", "score/classifier"]
+    run = em_run.client.get_run(em_run.run_id)
+    assert run.info.run_name == "tiny-em"
+    assert list(em_run.tested["deferral_table"])[1:] == ["ann", "bob", "classifier"]
     plots = {os.path.basename(f.path) for f in em_run.client.list_artifacts(em_run.run_id,
                                                                           "plots")}
     tags = em_run.client.get_run(em_run.run_id).data.tags
@@ -90,6 +97,7 @@ def test_model_routes_pixels_and_paths_as_test_did(em_run):
     assert decisions["expert_index"].tolist() == em_run.expected
     experts = sorted(set(decisions.columns) - {"decision", "expert_index", "label"})
     names = [name.removeprefix("score/") for name in experts]
+    assert names == ["ann", "bob", "classifier"]
     assert set(decisions["decision"]) <= set(names)
     kept = decisions["expert_index"] == -1
     assert (decisions["decision"][kept] == "classifier").all()
@@ -220,6 +228,17 @@ def test_predict_command_errors_are_one_line(em_run, tmp_path, monkeypatch, caps
         assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
         assert stderr.startswith(start), stderr
     assert not (tmp_path / "out.json").exists()
+    # From Python too, loading a run without a model is one line saying why.
+    raises_one_line(lambda: l2d.load_model(killed, em_run.uri), f"--run-id={killed}: the run is "
+                    "KILLED: it ended before logging its deferral_system model")
+    # `l2d runs --newest` names the newest FINISHED run, the one with a model.
+    assert cli.main(["runs", "--newest"]) == 0
+    assert capsys.readouterr().out.strip() == em_run.run_id
+    assert cli.main(["runs", "--status", "any"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert listed[0].split()[:3] == ["run", "id", "status"] and len(listed) == 4
+    assert {line.split()[0]: line.split()[-1] for line in listed[1:]} == {
+        em_run.run_id: "yes", killed: "no", failed: "no"}
 
 
 def test_export_logs_a_model_to_an_existing_run_and_keeps_its_status(em_run, monkeypatch,

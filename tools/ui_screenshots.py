@@ -5,7 +5,10 @@ among its artifacts, the runs table and the chart view, taken with headless Chro
 
 Needs Debian's ``chromium`` package (``apt-get install chromium``); it is not part of CI. Starts
 ``mlflow ui`` on a free loopback port, waits for ``/health``, takes the screenshots of the run
-given (by default the newest run of the store) and stops the server.
+given (by default the newest run of the store) and stops the server. The chart view draws its
+charts only after tens of seconds of scripts, so it gets a longer render budget, and the tool
+checks that the page it captured holds charts (plotly's SVG plots), not loading spinners: it
+exits with an error otherwise.
 """
 
 import argparse
@@ -22,8 +25,13 @@ from mlflow import MlflowClient
 
 # MLflow 3.17 opens experiments in its GenAI view unless the address asks for model training.
 TRAINING_VIEW = "workflowType=machine_learning"
-# Seconds Chromium lets the page's scripts run before it takes the screenshot.
+# Milliseconds (of Chromium's virtual time) the page's scripts run before the screenshot: the
+# chart view showed spinners after 15 s and its charts after 60 s (MLflow 3.17, 2 runs).
 RENDER_BUDGET_MS = 15000
+CHART_BUDGET_MS = 60000
+CHART_VIEW = "chart_view.png"
+# What each chart of the chart view is drawn in, once drawn (plotly).
+CHART_MARK = 'class="main-svg"'
 
 
 def free_port() -> int:
@@ -53,15 +61,26 @@ def pages(base: str, experiment_id: str, run_id: str) -> dict[str, str]:
         "run_plots.png": (f"{experiment}/runs/{run_id}/artifacts/plots/accuracy_coverage.png"
                           f"?{TRAINING_VIEW}"),
         "runs_table.png": f"{experiment}/runs?{TRAINING_VIEW}",
-        "chart_view.png": f"{experiment}/runs?compareRunsMode=CHART&{TRAINING_VIEW}",
+        CHART_VIEW: f"{experiment}/runs?compareRunsMode=CHART&{TRAINING_VIEW}",
     }
 
 
-def screenshot(chromium: str, address: str, path: Path) -> None:
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1400,1000", f"--virtual-time-budget={RENDER_BUDGET_MS}",
-                    f"--screenshot={path}", address],
-                   check=True, capture_output=True, timeout=120)
+def chromium_argv(chromium: str, budget_ms: int) -> list[str]:
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--window-size=1400,1000", f"--virtual-time-budget={budget_ms}"]
+
+
+def screenshot(chromium: str, address: str, path: Path, budget_ms: int) -> None:
+    subprocess.run([*chromium_argv(chromium, budget_ms), f"--screenshot={path}", address],
+                   check=True, capture_output=True, timeout=300)
+
+
+def charts_drawn(chromium: str, address: str, budget_ms: int) -> int:
+    """How many charts the page holds after ``budget_ms`` of rendering (its DOM, as the
+    screenshot saw it)."""
+    dom = subprocess.run([*chromium_argv(chromium, budget_ms), "--dump-dom", address],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    return dom.count(CHART_MARK)
 
 
 def main() -> None:
@@ -92,8 +111,15 @@ def main() -> None:
         wait_for_health(base, server)
         args.output.mkdir(parents=True, exist_ok=True)
         for name, address in pages(base, run.info.experiment_id, run.info.run_id).items():
-            screenshot(args.chromium, address, args.output / name)
+            budget = CHART_BUDGET_MS if name == CHART_VIEW else RENDER_BUDGET_MS
+            screenshot(args.chromium, address, args.output / name, budget)
             print(f"{args.output / name}: {address}")
+            if name == CHART_VIEW:
+                charts = charts_drawn(args.chromium, address, budget)
+                if not charts:
+                    sys.exit(f"{args.output / name}: the chart view drew no chart within "
+                             f"{budget / 1000:.0f} s of rendering (still loading)")
+                print(f"{args.output / name}: {charts} charts drawn")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
