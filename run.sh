@@ -8,8 +8,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")" && pwd)"
 (cd "$root" && . ./setup_env.sh)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# How an interrupted run says to continue: ./run.sh --resume --run-id ID.
+export L2D_LAUNCHER="$root/run.sh"
 if [ "$#" -eq 0 ]; then
   exec "$root/.venv/bin/python" -m l2d demo
 fi
-export L2D_LAUNCHER="$root/run.sh"
 exec "$root/.venv/bin/python" -m l2d train "$@"

@@ -5,8 +5,10 @@ A run keeps two kinds, side by side in its ``checkpoints/`` folder:
 
 - ``<epoch>/``, every ``--checkpoint-every`` epochs and after the last, the newest
   ``--keep-checkpoints`` of them;
-- ``interrupted/<global step>/``, the state at a Ctrl-C or SIGTERM, mid-epoch included, with the
-  epoch's partial sums of the training measurements; removed once a later epoch checkpoint exists.
+- ``interrupted/<n>/``, the state at a Ctrl-C or SIGTERM, mid-epoch included, with the epoch's
+  partial sums of the training measurements; removed once a later epoch checkpoint exists. ``n``
+  numbers the positions in order: ``epoch * (steps_per_epoch + 1) + step``, so that the end of
+  an epoch's steps (not yet evaluated) and the start of the next are two numbers.
 
 The data order, augmentation and Monte Carlo draws of step s of epoch e are pure functions of
 (seed, e, s), so a ``Position`` (with the seed, checked on restore) is the whole RNG and data-order
@@ -16,8 +18,10 @@ Saves are synchronous: a failed write (a full disk) is reported at the save that
 anything of the next epoch is trained or logged, and what it left half-written is removed.
 """
 
+import contextlib
 import dataclasses
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import orbax.checkpoint as ocp
@@ -65,8 +69,9 @@ def _manager(directory: Path, *, keep: int | None = None) -> ocp.CheckpointManag
 
 
 class RunCheckpoints:
-    """The checkpoints a training run writes (see the module docstring). Nothing found at start
-    is deleted, except interrupted states once a later epoch checkpoint is saved."""
+    """The checkpoints a training run writes (see the module docstring): the newest
+    ``keep`` epoch checkpoints are kept (those found at start count), and interrupted states
+    go once a later epoch checkpoint is saved."""
 
     def __init__(self, directory: Path, *, keep: int, seed: int, method: str):
         self.directory = directory
@@ -80,12 +85,13 @@ class RunCheckpoints:
         shutil.rmtree(self.directory / INTERRUPTED, ignore_errors=True)
 
     def save_interrupted(self, state: nnx.State, totals: dict, position: Position, *,
-                         global_step: int) -> None:
+                         steps_per_epoch: int) -> None:
         """Save the state at ``position`` with the epoch's partial ``totals``; the training
         stops after it, so the folder is made and closed here."""
         manager = _manager(self.directory / INTERRUPTED, keep=1)
         try:
-            self._save(manager, global_step, position, state=state, totals=totals)
+            self._save(manager, position.epoch * (steps_per_epoch + 1) + position.step,
+                       position, state=state, totals=totals)
         finally:
             manager.close()
 
@@ -97,8 +103,8 @@ class RunCheckpoints:
         progress = {**self._progress, "next_epoch": position.epoch, "next_step": position.step}
         args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         try:
-            manager.save(step, args=ocp.args.Composite(progress=ocp.args.JsonSave(progress),
-                                                       **args))
+            saved = manager.save(step, args=ocp.args.Composite(
+                progress=ocp.args.JsonSave(progress), **args))
         except (OSError, ValueError, RuntimeError) as error:
             for partial in manager.directory.glob(_TMP_GLOB):
                 shutil.rmtree(partial, ignore_errors=True)
@@ -109,29 +115,45 @@ class RunCheckpoints:
                 first_line(error)[:200])
             raise L2DError(f"{manager.directory}: cannot save the checkpoint "
                            f"{position.describe()} ({reason}); {kept}") from None
+        if not saved:  # orbax skips a step it already holds, or one below its latest.
+            raise L2DError(f"{manager.directory}: holds a checkpoint {step} already, at or after "
+                           f"{position.describe()}; move it away to save this one")
 
     def close(self) -> None:
         self._epochs.close()
 
 
 def _progress_of(manager: ocp.CheckpointManager, step: int) -> dict:
-    return manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))[
-        "progress"]
+    try:
+        return manager.restore(step, args=ocp.args.Composite(
+            progress=ocp.args.JsonRestore()))["progress"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise L2DError(f"{manager.directory / str(step)}: not a readable l2d checkpoint "
+                       f"({first_line(error)[:200]})") from None
 
 
 def _position(progress: dict) -> Position:
     return Position(int(progress["next_epoch"]), int(progress.get("next_step", 0)))
 
 
+@contextlib.contextmanager
+def _managers(directory: Path) -> Iterator[list[ocp.CheckpointManager]]:
+    """Read-only managers of the run's epoch and interrupted checkpoints (those that exist),
+    closed at the end."""
+    managers = [_manager(folder) for folder in (directory, directory / INTERRUPTED)
+                if folder.is_dir()]
+    try:
+        yield managers
+    finally:
+        for manager in managers:
+            manager.close()
+
+
 def saved_positions(directory: Path) -> list[Position]:
     """The positions of every checkpoint in ``directory``, oldest first (none: empty)."""
-    positions = []
-    for folder in (directory, directory / INTERRUPTED):
-        if folder.is_dir():
-            manager = _manager(folder)
-            positions += [_position(_progress_of(manager, step)) for step in manager.all_steps()]
-            manager.close()
-    return sorted(positions)
+    with _managers(directory) as managers:
+        return sorted(_position(_progress_of(manager, step))
+                      for manager in managers for step in manager.all_steps())
 
 
 def restore_latest(
@@ -145,21 +167,17 @@ def restore_latest(
     NoCheckpoint if there is none; L2DError if it was made with another seed or method, or
     holds a state of another shape (a checkpoint of an older l2d, or of other networks).
     """
-    candidates = []
-    for folder in (directory, directory / INTERRUPTED):
-        if folder.is_dir():
-            manager = _manager(folder)
+    with _managers(directory) as managers:
+        candidates = []
+        for manager in managers:
             step = manager.latest_step()
-            if step is None:
-                manager.close()
-                continue
-            candidates.append((_position(_progress_of(manager, step)), manager, step))
-    if not candidates:
-        raise NoCheckpoint(f"{directory}: no checkpoint to resume from or evaluate")
-    position, manager, step = max(candidates, key=lambda candidate: candidate[0])
-    checkpoint = manager.directory / str(step)
-    try:
-        progress = _progress_of(manager, step)
+            if step is not None:
+                progress = _progress_of(manager, step)
+                candidates.append((_position(progress), progress, manager, step))
+        if not candidates:
+            raise NoCheckpoint(f"{directory}: no checkpoint to resume from or evaluate")
+        position, progress, manager, step = max(candidates, key=lambda c: c[0])
+        checkpoint = manager.directory / str(step)
         if progress["seed"] != seed:
             raise L2DError(f"{checkpoint}: made with seed {progress['seed']}, not {seed}")
         # Checkpoints of l2d before --method existed record none (and hold another state).
@@ -178,7 +196,4 @@ def restore_latest(
             line = first_line(error)
             raise L2DError(f"{checkpoint}: does not fit the {method} model of this configuration "
                            f"({line[:200]})") from None
-    finally:
-        for _, other, _ in candidates:
-            other.close()
     return Restored(restored["state"], position, restored["totals"] if partial else None)

@@ -2,9 +2,9 @@
 
 The model carries the folder of ``l2d.trained_system`` as its one artifact and l2d's own code
 (``code_paths``), so that it loads wherever l2d's dependencies are installed, with the code that
-trained it. ``predict`` takes a batch of images, either uint8 pixels ``[N, H, W, C]`` or image
-file paths as a 1-D numpy array of dtype object (MLflow's schema check refuses lists and string
-dtypes, and over HTTP only pixels pass it), and returns one row per image: ``decision``
+trained it. ``predict`` takes a batch of images, either uint8 pixels ``[N, H, W, C]`` or, from
+Python only, image file paths as a 1-D numpy array of dtype object (a served model never opens
+files named in a request), and returns one row per image: ``decision``
 ("classifier" or the expert's name), ``expert_index`` (-1 when the classifier keeps it),
 ``label`` (the classifier's class when it keeps the image, else empty) and ``score/<option>`` for
 every option.
@@ -64,7 +64,11 @@ class DeferralSystemModel(mlflow.pyfunc.PythonModel):
     def images(self, model_input) -> np.ndarray:
         """uint8 ``[N, H, W, C]`` from pixels or from paths (decoded as in training)."""
         array = np.asarray(model_input)
-        if array.ndim == 1 and array.size and array.dtype.kind in "OUS":
+        if array.ndim == 1 and array.size and array.dtype.kind in "US":
+            # What JSON strings become: a served model never opens files its callers name.
+            raise L2DError("input: image file paths are taken from Python only, as a numpy "
+                           "array of dtype object; over HTTP send pixels")
+        if array.ndim == 1 and array.size and array.dtype.kind == "O":
             if not all(isinstance(p, str) for p in array.tolist()):
                 raise L2DError("input: a 1-D array must hold image file paths (strings)")
             return self.system.check_images(read_image_files(array.tolist(), "input"))
@@ -165,6 +169,8 @@ def without_model(tracking_uri: str, run_id: str, problem: str) -> str:
     except MlflowException:
         return f"--run-id={run_id}: no such run in {tracking_uri}"
     status = run.info.status
+    if run.outputs and run.outputs.model_outputs:
+        return f"--run-id={run_id}: its {MODEL_NAME} model does not load ({problem[:200]})"
     folder = run.data.tags.get("checkpoints")
     positions = saved_positions(Path(folder)) if folder else []
     if not positions:
@@ -173,8 +179,11 @@ def without_model(tracking_uri: str, run_id: str, problem: str) -> str:
     export = (f"`l2d export --run-id {run_id}` logs one from its latest checkpoint "
               f"({positions[-1].describe()})")
     if status == "FINISHED":
-        return (f"--run-id={run_id}: no {MODEL_NAME} model to load ({problem[:200]}); a run "
-                f"trained before l2d logged it needs it: {export}")
+        return (f"--run-id={run_id}: no {MODEL_NAME} model to load; a run trained before l2d "
+                f"logged it needs it: {export}")
+    if status == "RUNNING":
+        return (f"--run-id={run_id}: the run is RUNNING (still training, or killed by SIGKILL) "
+                f"and has no {MODEL_NAME} model yet; {export}")
     return (f"--run-id={run_id}: the run is {status}: it ended before logging its "
             f"{MODEL_NAME} model; {export}, or `l2d train --resume --run-id {run_id}` finishes "
             "its training")

@@ -98,8 +98,9 @@ def expert_answers(manifests: list[str], files: list[str], num_experts: int) -> 
     row = {file: i for i, file in enumerate(files)}
     for k, manifest in enumerate(map(Path, manifests)):
         for i, entry in enumerate(read_entries(manifest)):
-            if entry.get("label") is not None and entry_file(manifest, i, entry) in row:
-                answers[row[entry_file(manifest, i, entry)], k] = entry_label(manifest, i, entry)
+            file = entry_file(manifest, i, entry)
+            if entry.get("label") is not None and file in row:
+                answers[row[file], k] = entry_label(manifest, i, entry)
     return answers
 
 

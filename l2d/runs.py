@@ -1,5 +1,5 @@
-"""``l2d runs``: the runs of a tracking store, newest first, with what a person picks one by: status,
-name, method, test accuracy and coverage, and whether it has a ``deferral_system`` to serve.
+"""``l2d runs``: the runs of a tracking store, newest first, with what a person picks one by:
+status, name, method, test accuracy and coverage, and whether it has a model to serve.
 
 ``--newest`` prints only the id of the newest run of the status asked for (FINISHED by default),
 for scripts: ``RUN_ID=$(l2d runs --newest)``.
@@ -7,6 +7,7 @@ for scripts: ``RUN_ID=$(l2d runs --newest)``.
 
 from l2d.errors import L2DError
 from l2d.metrics import ACCURACY, COVERAGE
+
 
 def search(tracker, *, status: str | None, experiment_name: str | None) -> list:
     """The runs of the store (of ``experiment_name`` if given) with ``status`` (any if None),

@@ -290,8 +290,7 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
         if not saved_at_epoch_end and parallel.is_single_process:
             # Several processes get their signals at different steps, and a save needs them all.
             checkpoints.save_interrupted(state, totals, position,
-                                         global_step=position.epoch * steps_per_epoch
-                                         + position.step)
+                                         steps_per_epoch=steps_per_epoch)
         saved = saved_at_epoch_end or parallel.is_single_process
         raise Interrupted(f"signal {stop.received}", saved=(
             f"its state {position.describe(steps_per_epoch)} is saved" if saved else None))
@@ -327,7 +326,8 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
                     save_and_stop(state, totals, checkpoint.Position(epoch, index + 1))
         totals = parallel.fetch(totals)
         # fetch waited for the last step, so this is the epoch's whole training time.
-        loader_wait_fraction = loader_wait / (time.perf_counter() - started)
+        train_seconds = time.perf_counter() - started
+        loader_wait_fraction = loader_wait / train_seconds
         nonfinite_steps = int(totals.pop(NONFINITE_STEPS))
         train_metrics = {k: float(v) / steps_per_epoch for k, v in totals.items()}
         # The only host sync of the epoch: NaN shows here, before a checkpoint could store it.
@@ -346,7 +346,8 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
         epochs.set_postfix(accuracy=f"{metrics[ACCURACY]:.3f}",
                            coverage=f"{metrics[COVERAGE]:.2f}")
         if epoch == start.epoch and parallel.is_main:
-            report_duration(epoch_seconds=time.perf_counter() - started,
+            report_duration(epoch + 1, train_seconds=train_seconds,
+                            eval_seconds=time.perf_counter() - started - train_seconds,
                             steps_trained=steps_per_epoch - first_step,
                             steps_per_epoch=steps_per_epoch, epochs_left=config.num_epochs - epoch)
         at_checkpoint = ((epoch + 1) % config.checkpoint_every == 0
@@ -396,16 +397,18 @@ def log_trained_system(tracker, run_id, config, model_state, dataset, *, registe
 LONG_RUN_S = 600
 
 
-def report_duration(*, epoch_seconds: float, steps_trained: int,
-                    steps_per_epoch: int, epochs_left: int) -> None:
-    """After the first epoch trained, say how long the run will take when that is long (on a
-    CPU, the default networks take hours: the README's "Training" gives CPU-sized ones)."""
+def report_duration(epoch: int, *, train_seconds: float, eval_seconds: float,
+                    steps_trained: int, steps_per_epoch: int, epochs_left: int) -> None:
+    """After the first epoch this launch trained (``epoch``, counted from 1, perhaps resumed in
+    its middle), say how long the run will take when that is long (on a CPU, the default
+    networks take hours: the README's "Training" gives CPU-sized ones)."""
     if not steps_trained:
         return
-    left = epoch_seconds / steps_trained * steps_per_epoch * (epochs_left - 1)
+    epoch_seconds = train_seconds / steps_trained * steps_per_epoch + eval_seconds
+    left = epoch_seconds * (epochs_left - 1)
     if left > LONG_RUN_S:
         platform = jax.devices()[0].platform
-        print(f"l2d: the first epoch took {epoch_seconds:.0f} s on the {platform}; the "
+        print(f"l2d: epoch {epoch} took {epoch_seconds:.0f} s on the {platform}; the "
               f"{epochs_left - 1} epochs left take about {left / 3600:.1f} h at this pace"
               + (" (the README's \"Training\" shows CPU-sized networks)" if platform == "cpu"
                  else ""), file=sys.stderr)

@@ -128,8 +128,8 @@ class TrainedSystem:
 
         Integer arrays are taken when every value is in 0..255 (JSON has no dtype: a body of
         pixels arrives as int64); nothing is ever cast silently, so floats (pixels scaled to
-        [0, 1], NaN, infinities) and integers out of range are refused. An empty batch, of any
-        rank, is an empty uint8 batch.
+        [0, 1], NaN, infinities) and integers out of range are refused. An empty batch (no
+        images, or an empty 1-D array as ``[]`` in JSON) is an empty uint8 batch.
         """
         images = np.asarray(images)
         if images.size == 0 and images.ndim in (1, 4):

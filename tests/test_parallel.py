@@ -117,8 +117,10 @@ def test_two_processes_match_one_process_log_one_run_and_resume(dataset, tmp_pat
     checkpoints = folder / "artifacts" / run_two.info.run_id / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "2"]
 
-    # Both processes restore epoch 1 and redo epoch 2: the same final losses again.
+    # As if killed after epoch 1's checkpoint (a FINISHED run is not resumed): both processes
+    # restore epoch 1 and redo epoch 2: the same final losses again.
     shutil.rmtree(checkpoints / "2")
+    client.set_terminated(run_two.info.run_id, "KILLED")
     run_processes(folder, "--resume", "--run-id", run_two.info.run_id)
     resumed = client.get_run(run_two.info.run_id)
     assert resumed.info.status == "FINISHED"

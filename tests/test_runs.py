@@ -47,7 +47,7 @@ def final_metrics(client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def tested(result, client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
+def logged_by_test(result, client: MlflowClient, run_id: str, tmp_path: Path) -> dict:
     """What ``--test`` logged (its metrics, with ``checkpoint_epoch``) after checking that it
     printed them as ``train`` does: the summary, then every metric, NaN as ``nan``."""
     lines = result.stdout.strip().splitlines()
@@ -130,7 +130,7 @@ def test_pulse_run_logs_everything_to_a_local_store(dataset, tmp_path):
     # --test re-evaluates the last checkpoint: the same numbers, logged without reopening the run.
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run.info.run_id],
                      tmp_path)
-    printed = tested(result, client, run.info.run_id, tmp_path)
+    printed = logged_by_test(result, client, run.info.run_id, tmp_path)
     assert printed.pop("checkpoint_epoch") == 3
     np.testing.assert_equal(printed, final)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
@@ -160,7 +160,7 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
 
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
                      tmp_path)
-    printed = tested(result, client, run_id, tmp_path)
+    printed = logged_by_test(result, client, run_id, tmp_path)
     assert printed.pop("checkpoint_epoch") == 2
     np.testing.assert_equal(printed, final)
     # The MLflow model logged at the end of the run routes the test images as --test did.
@@ -169,9 +169,11 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     assert model.predict(images)["expert_index"].tolist() == expert_indices(
         routed_by_test(client, run_id, tmp_path), num_experts=2)
 
-    # Without the last checkpoint, --resume trains epoch 2 again: the same numbers.
+    # As if killed after epoch 1's checkpoint (a FINISHED run is not resumed), --resume trains
+    # epoch 2 again: the same numbers.
     checkpoints = tmp_path / "artifacts" / run_id / "checkpoints"
     shutil.rmtree(checkpoints / "2")
+    client.set_terminated(run_id, "KILLED")
     run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id], tmp_path)
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED"
@@ -225,13 +227,14 @@ def test_em_with_missing_annotations_and_workload_bounds_trains_tests_and_resume
 
     result = run_cli([sys.executable, "-m", "l2d", "train", "--test", "--run-id", run_id],
                      tmp_path)
-    printed = tested(result, client, run_id, tmp_path)
+    printed = logged_by_test(result, client, run_id, tmp_path)
     assert printed.pop(metrics.missing_annotations("test", 0)) == 6
     assert printed.pop(metrics.missing_annotations("test", 1)) == 0
     assert printed.pop("checkpoint_epoch") == 2
     np.testing.assert_equal(printed, final)
 
     shutil.rmtree(tmp_path / "artifacts" / run_id / "checkpoints" / "2")
+    client.set_terminated(run_id, "KILLED")  # as if killed after epoch 1's checkpoint
     run_cli([sys.executable, "-m", "l2d", "train", "--resume", "--run-id", run_id], tmp_path)
     assert client.get_run(run_id).info.status == "FINISHED"
     np.testing.assert_equal(final_metrics(client, run_id, tmp_path), final)
@@ -463,12 +466,13 @@ def test_a_second_signal_stops_at_once():
 
 
 def test_a_long_run_says_how_long_it_will_take(capsys):
-    train.report_duration(epoch_seconds=112.0, steps_trained=15, steps_per_epoch=15,
-                          epochs_left=100)
+    # Resumed after 10 of 15 steps: 5 steps in 30 s, then 22 s of evaluation.
+    train.report_duration(1, train_seconds=30.0, eval_seconds=22.0, steps_trained=5,
+                          steps_per_epoch=15, epochs_left=100)
     assert capsys.readouterr().err == (
-        "l2d: the first epoch took 112 s on the cpu; the 99 epochs left take about 3.1 h at "
-        "this pace (the README's \"Training\" shows CPU-sized networks)\n")
+        "l2d: epoch 1 took 112 s on the cpu; the 99 epochs left take about 3.1 h at this pace "
+        "(the README's \"Training\" shows CPU-sized networks)\n")
     # A short one says nothing.
-    train.report_duration(epoch_seconds=1.0, steps_trained=15, steps_per_epoch=15,
-                          epochs_left=100)
+    train.report_duration(1, train_seconds=1.0, eval_seconds=0.1, steps_trained=15,
+                          steps_per_epoch=15, epochs_left=100)
     assert capsys.readouterr().err == ""

@@ -313,6 +313,10 @@ def test_served_model_answers_as_local_predict_under_load(em_run, record_propert
         assert refusal(url, scaled) == (
             f"input: pixels are uint8 in 0..255; got float values such as {fraction:g}")
         assert post(url, []) == []
+        # A served model opens no file a request names.
+        assert refusal(url, [em_run.files[0]]) == (
+            "input: image file paths are taken from Python only, as a numpy array of dtype "
+            "object; over HTTP send pixels")
 
         rng = np.random.default_rng(0)
         requests = [rng.choice(len(em_run.images), size=rng.integers(1, MAX_BATCH + 1))

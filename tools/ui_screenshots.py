@@ -76,8 +76,8 @@ def screenshot(chromium: str, address: str, path: Path, budget_ms: int) -> None:
 
 
 def charts_drawn(chromium: str, address: str, budget_ms: int) -> int:
-    """How many charts the page holds after ``budget_ms`` of rendering (its DOM, as the
-    screenshot saw it)."""
+    """How many charts the page holds after ``budget_ms`` of rendering (its DOM, in a second
+    rendering with the screenshot's budget)."""
     dom = subprocess.run([*chromium_argv(chromium, budget_ms), "--dump-dom", address],
                          check=True, capture_output=True, text=True, timeout=300).stdout
     return dom.count(CHART_MARK)

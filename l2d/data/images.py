@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -142,24 +143,27 @@ def fits_in_memory(split: SplitRecords, num_bytes: int) -> bool:
     return False
 
 
+# File descriptor 2 belongs to the whole process: one decoding thread holds it at a time.
+_STDERR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def c_stderr_held() -> Iterator[None]:
     """Hold back what is written to the process's stderr (file descriptor 2) meanwhile, and
     write it out afterwards, unless an L2DError ends the block: libjpeg prints its own warning
     for a broken JPEG each time one is read (the scan, then the search for the culprit), ahead
     of the one line of l2d that names the file."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
         replay = True
         try:
+            os.dup2(held.fileno(), 2)
             yield
         except L2DError:
             replay = False
             raise
         finally:
-            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             if replay:
