@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from l2d import metrics  # noqa: E402  (the checkout's l2d, wherever this runs from)
+from l2d.evaluation import metrics
 
 COLUMNS = {
     "system accuracy": metrics.ACCURACY,

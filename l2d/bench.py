@@ -45,10 +45,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from l2d.config import TrainConfig
-from l2d.methods import Method, em, make_method
+from l2d.methods import METHODS, em, make_method
+from l2d.methods.base import Method, Problem
 from l2d.parallel import AXIS, DataParallel
-from l2d.preprocess import normalise
-from l2d.system import build_state
+from l2d.preprocess import channel_statistics, normalise
+from l2d.train_state import build_state
 from l2d.train_step import make_train_step, zero_train_totals
 
 VARIANTS = {
@@ -72,14 +73,6 @@ CHANNELS = 3
 CHANNEL_MEAN = (0.5, 0.5, 0.5)
 CHANNEL_STD = (0.25, 0.25, 0.25)
 
-# The (model, width) fields of ``Models`` that each method trains, named as TrainConfig's.
-NETWORKS = {
-    "em": (("clf_model", "clf_width"), ("dfr_model", "dfr_width")),
-    "softmax": (("model", "width"),),
-    "ova": (("model", "width"),),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Models:
     """The networks of a benchmark configuration: EM's two, and the surrogate methods' one."""
@@ -93,7 +86,12 @@ class Models:
 
     def of(self, method: str) -> dict[str, Any]:
         """The fields that ``method`` trains with."""
-        return {field: getattr(self, field) for pair in NETWORKS[method] for field in pair}
+        return {field: getattr(self, field) for pair in networks(method) for field in pair}
+
+
+def networks(method: str) -> tuple[tuple[str, str], ...]:
+    """The (model, width) options of the networks ``method`` trains (its options declare them)."""
+    return METHODS[method].options.networks
 
 
 PRESETS = {
@@ -104,7 +102,7 @@ PRESETS = {
 }
 
 
-def em_limit_loss(system: em.DeferralSystem, inputs, batch, q) -> jax.Array:
+def em_limit_loss(system: em.EMNetworks, inputs, batch, q) -> jax.Array:
     """EM's M-step against a given posterior q ``[B, K + 1]``: the classifier's cross-entropy
     weighted by q(classifier) plus the gate's against q as soft labels."""
     clf_loss = em.classifier_loss(system.classifier(inputs), batch["label"], q,
@@ -243,18 +241,20 @@ def build(method_name: str, models: Models, *, batch_size: int, seed: int,
     ``l2d_step`` is what ``l2d train`` runs for this configuration; EM's ``unfused`` updates
     through the same jitted function as its ``limit``.
     """
-    config = TrainConfig(method=method_name, **dataclasses.asdict(models), batch_size=batch_size,
-                         seed=seed, augment=False, e_step="exact")
-    method = make_method(config, in_channels=CHANNELS, num_classes=NUM_CLASSES,
-                         num_experts=NUM_EXPERTS)
-    graphdef, state = build_state(method, config, total_steps=10_000)
-    mean, std = jnp.asarray(CHANNEL_MEAN), jnp.asarray(CHANNEL_STD)
+    config = TrainConfig.from_dict({"method": method_name, **models.of(method_name),
+                                    "batch_size": batch_size, "seed": seed, "augment": False,
+                                    "e_step": "exact"})
+    method = make_method(method_name, config.method_options,
+                         Problem(in_channels=CHANNELS, num_classes=NUM_CLASSES,
+                                 num_experts=NUM_EXPERTS))
+    graphdef, state = build_state(method, config.training, total_steps=10_000)
+    mean, std = channel_statistics(CHANNEL_MEAN, CHANNEL_STD)
     # l2d's data-parallel training keeps the state replicated over a 1-D mesh of its devices;
     # the benchmark's mesh is one device.
     placement = DataParallel(Mesh(np.asarray(jax.devices()[:1]), (AXIS,))).replicated
     steps = {
         "l2d_step": make_train_step(graphdef, method=method, seed=seed,
-                                    augment_images=config.augment, channel_mean=mean,
+                                    augment_images=config.data.augment, channel_mean=mean,
                                     channel_std=std, replicated=placement),
         "limit": make_limit_step(graphdef, loss=LIMITS[method_name][0], channel_mean=mean,
                                  channel_std=std, placement=placement),
@@ -392,7 +392,7 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for record in report["results"]:
         models = " + ".join(f"{record[model]} {record[width]}"
-                            for model, width in NETWORKS[record["method"]])
+                            for model, width in networks(record["method"]))
         cells = [f"{record['config']} ({models})", record["method"], str(record["batch_size"])]
         for variant in VARIANTS:
             s = record["variants"].get(variant)

@@ -1,47 +1,41 @@
-"""Command line: ``python -m l2d train ...``. Parses flags, builds a config, calls one function.
+"""Command line: ``l2d COMMAND ...`` (or ``python -m l2d``): parsing and dispatch only.
 
+The train parser is derived from the option declarations (``l2d.config``, ``l2d.methods``).
 Imports nothing heavy at module level, so ``--help`` and flag errors answer instantly. Every user
 error ends as one line on stderr and exit code 2, without a traceback.
 """
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+import l2d
 from l2d import __version__
 from l2d.config import (
-    CLF_WEIGHTINGS,
-    COMPUTE_DTYPES,
-    E_STEPS,
-    METHOD_FIELDS,
-    METHOD_NAMES,
-    MISSING_MODES,
-    MODEL_NAMES,
-    RUNTIME_FIELDS,
+    METHOD,
+    SHARED_GROUPS,
     TEST_WORKLOADS,
+    RuntimeOptions,
+    TrackingOptions,
     TrainConfig,
+    changeable,
+    check_method_flags,
 )
-from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
+from l2d.data.demo import DEMO_EPOCHS
+from l2d.errors import Interrupted, L2DError, TrainingDiverged
+from l2d.methods import METHODS
+from l2d.options import Option, default_text
+from l2d.run_folder import RunFolder
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
-DEMO_EPOCHS = 15
-# The demo's EM (README, "The demo"): the classifier learns from every input, since weighting it
-# by its posterior starves it into a collapse to coverage 0, and each expert takes at most 40% of
-# the inputs, so the classifier keeps the share it is good at.
-DEMO_DEFERRAL = {"clf_weighting": "uniform", "max_share": (0.4, 0.4, 1.0)}
 
 # What ``l2d runs --status`` filters by (MLflow's run statuses).
 RUN_STATUSES = ("FINISHED", "RUNNING", "FAILED", "KILLED")
-
-# Flags a --test run may change besides the runtime ones: which test manifests to evaluate on.
-TEST_OVERRIDABLE = frozenset({"test_files", "test_groundtruth_file", "batch_size",
-                              "test_workload", "allow_missing_annotations"})
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -63,95 +57,73 @@ def comma_floats(text: str) -> tuple[float, ...]:
             f"expected comma-separated numbers, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_option(group, declared: Option) -> None:
+    """One declared option as a flag; its value lands under the option's name."""
+    declaration = declared.declaration
+    default = default_text(declared)
+    kwargs = {"dest": declared.name, "help": declaration.help + (
+        f" (default: {default})" if default is not None else "")}
+    if declared.kind is bool:
+        kwargs["action"] = ("store_false" if declaration.negated_flag
+                            else argparse.BooleanOptionalAction)
+    elif declared.kind is tuple:
+        kwargs["type"] = comma_floats if declared.item_kind is float else comma_list
+    else:
+        kwargs["type"] = declared.kind
+    if declaration.choices is not None:
+        kwargs["choices"] = declaration.choices
+    if declaration.metavar is not None:
+        kwargs["metavar"] = declaration.metavar
+    group.add_argument(declared.flag, **kwargs)
+
+
+def method_option_groups() -> list[tuple[str, list[Option]]]:
+    """Each distinct options class of the registered methods, once, with its options; a flag
+    that two classes declare differently is a programming error of the registry."""
+    groups, seen = [], {}
+    for entry in METHODS.values():
+        if any(entry.options is cls for cls, _ in groups):
+            continue
+        own = []
+        for declared in entry.options.declared():
+            if declared.name in seen:
+                if seen[declared.name][1:] != (declared.type, declared.default,
+                                               declared.declaration):
+                    raise ValueError(f"{declared.flag} is declared differently by "
+                                     f"{seen[declared.name][0]} and {entry.options.__name__}")
+                continue
+            seen[declared.name] = (entry.options.__name__, declared.type, declared.default,
+                                   declared.declaration)
+            own.append(declared)
+        groups.append((entry.options, own))
+    return [(cls.title, own) for cls, own in groups]
+
+
+def train_option_groups() -> list[tuple[str, list[Option]]]:
+    """Every flag of ``l2d train`` that sets an option, by group: the shared groups, then each
+    method's (the flags reference of the docs is this list)."""
+    return [*((group.title, group.declared()) for group in SHARED_GROUPS),
+            *method_option_groups()]
+
+
+def add_train_parser(commands) -> None:
     """Flags default to SUPPRESS so that the parsed namespace holds only what the user typed;
-    defaults come from TrainConfig (shown in --help)."""
-    parser = OneLineErrorParser(
-        prog="l2d",
-        description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
-    parser.add_argument("--version", action="version", version=f"l2d {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True,
-                                     parser_class=OneLineErrorParser)
+    defaults come from the declarations (shown in --help)."""
     train = commands.add_parser(
         "train", argument_default=argparse.SUPPRESS,
         help="train a deferral system (or --resume / --test an existing run)",
         description="Train a learning-to-defer system (EM, or a surrogate loss) on manifests "
                     "of images, ground truth and expert labels. File lists are comma-separated.")
-    defaults = TrainConfig()
-
-    def add(group, flag: str, help: str, **kwargs) -> None:
-        field = flag.lstrip("-").replace("-", "_")
-        default = getattr(defaults, kwargs.get("dest", field), None)
-        if default not in (None, "", ()) and kwargs.get("action") != "store_false":
-            help = f"{help} (default: {default})"
-        group.add_argument(flag, help=help, **kwargs)
-
-    data = train.add_argument_group("data")
-    data.add_argument("--train-files", type=comma_list, metavar="A.json,B.json",
-                      help="expert manifests of the training split, one per expert")
-    data.add_argument("--train-groundtruth-file", metavar="GT.json",
-                      help="ground-truth manifest of the training split")
-    data.add_argument("--test-files", type=comma_list, metavar="A.json,B.json",
-                      help="expert manifests of the test split, same experts in the same order")
-    data.add_argument("--test-groundtruth-file", metavar="GT.json",
-                      help="ground-truth manifest of the test split")
-    add(data, "--expert-names", "the experts' names, in --train-files order, in the summary, "
-        "plots, decisions and the served model's columns (default: the training manifests' "
-        "file names)", type=comma_list, metavar="A,B")
-    add(data, "--num-classes", "number of classes; inferred from the training labels when omitted",
-        type=int)
-    add(data, "--augment", "4-pixel pad + random crop + horizontal flip of training images",
-        action=argparse.BooleanOptionalAction)
-    add(data, "--norm-mean", "per-channel mean of pixels in [0,1]; computed from the training set "
-        "when omitted", type=comma_floats)
-    add(data, "--norm-std", "per-channel std, given together with --norm-mean", type=comma_floats)
-    add(data, "--stream-from-disk", "decode images from disk every epoch instead of keeping "
-        "them in memory (for datasets larger than RAM)", dest="cache_images", action="store_false")
-    add(data, "--prefetch-size", "batches prepared ahead of the training step", type=int)
-    add(data, "--num-threads", "image decoding threads", type=int)
-
-    model = train.add_argument_group("method and models")
-    add(model, "--method", "em: classifier + gate trained by EM; softmax or ova: one network "
-        "with C + K outputs trained by that surrogate loss", choices=METHOD_NAMES)
-    add(model, "--clf-model", "em: classifier network", choices=MODEL_NAMES)
-    add(model, "--clf-width", "em: classifier width (cnn: 32 channels by default, "
-        "preact_resnet10: 64)", type=int)
-    add(model, "--dfr-model", "em: gating (deferral) network", choices=MODEL_NAMES)
-    add(model, "--dfr-width", "em: gating network base width (preact_resnet10: 64 by default, "
-        "cnn: 32)", type=int)
-    add(model, "--e-step", "em: posterior of the E-step, exact or Monte Carlo samples",
-        choices=E_STEPS)
-    add(model, "--mc-samples", "em: samples of z per input for --e-step mc", type=int)
-    add(model, "--expert-smoothing", "em: label smoothing eps of expert annotations in "
-        "p(y | expert)", type=float)
-    add(model, "--clf-weighting", "em: classifier loss weights, q(classifier) or uniform",
-        choices=CLF_WEIGHTINGS)
-    add(model, "--max-share", "K + 1 comma-separated numbers, the experts in --train-files "
-        "order then the classifier: the largest share of each option, in each batch of EM's "
-        "E-step and, with --test-workload enforce, in the test split (any method)",
-        type=comma_floats)
-    add(model, "--min-share", "K + 1 numbers as --max-share: the smallest shares",
-        type=comma_floats)
-    add(model, "--test-workload", "test-time routing, the highest score per input or the "
-        "whole split assigned at once within the share bounds", choices=TEST_WORKLOADS)
-    add(model, "--allow-missing-annotations", "em: expert manifests may omit files or give "
-        "\"label\": null", action=argparse.BooleanOptionalAction)
-    add(model, "--missing", "em: a missing annotation leaves the expert out of that input "
-        "(exclude) or is predicted by an annotation network (model)", choices=MISSING_MODES)
-    add(model, "--ann-model", "em, --missing model: the annotation network p(t_k | x)",
-        choices=MODEL_NAMES)
-    add(model, "--ann-width", "em, --missing model: annotation network width", type=int)
-    add(model, "--model", "softmax, ova: the network", choices=MODEL_NAMES)
-    add(model, "--width", "softmax, ova: network base width (preact_resnet10: 64 by default, "
-        "cnn: 32)", type=int)
-    add(model, "--lr", "initial learning rate (cosine decay to 0)", type=float)
-    add(model, "--momentum", "SGD momentum", type=float)
-    add(model, "--weight-decay", "weight decay on kernels (not biases or norm scales)", type=float)
-    add(model, "--batch-size", "training and evaluation batch size", type=int)
-    add(model, "--num-epochs", "training epochs", type=int)
-    add(model, "--seed", "seed of initialisation, data order, augmentation and MC draws", type=int)
-
-    run = train.add_argument_group("run, tracking and checkpoints")
+    methods = train.add_argument_group("method")
+    methods.add_argument("--method", dest=METHOD, choices=tuple(METHODS),
+                         help="; ".join(f"{name}: {entry.summary}"
+                                        for name, entry in METHODS.items())
+                         + f" (default: {TrainConfig.method})")
+    for title, declared in train_option_groups():
+        group = train.add_argument_group(title)
+        for item in declared:
+            add_option(group, item)
+    run = train.add_argument_group("run mode")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--train", dest="mode", action="store_const", const="train",
                       help="train (the default)")
@@ -160,32 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue --run-id from its latest checkpoint, in the same MLflow run")
     run.add_argument("--run-id", help="MLflow run id for --resume or --test")
-    add(run, "--experiment-name", "MLflow experiment")
-    add(run, "--run-name", "MLflow run name (default: one MLflow makes up)")
-    add(run, "--run-description", "free text shown with the run in MLflow")
-    add(run, "--tracking-uri", "MLflow tracking URI, e.g. http://127.0.0.1:8080 (default: "
-        "sqlite file mlflow.db in the current folder)")
-    add(run, "--artifact-path", "folder for <run_id>/config.json and <run_id>/checkpoints")
     run.add_argument("--register-model", metavar="NAME",
                      help="also register the run's model deferral_system in the MLflow Model "
                           "Registry under NAME (a new version if NAME exists)")
-    add(run, "--checkpoint-every", "save a checkpoint every N epochs and after the last", type=int)
-    add(run, "--keep-checkpoints", "newest checkpoints kept per run", type=int)
-    add(run, "--jax-platform", "JAX platform: cpu, cuda, ... (default: JAX's choice)")
-    add(run, "--mem-frac", "share of GPU memory JAX preallocates", type=float)
-    add(run, "--tqdm", "progress bars (silent anyway when output is not a terminal)",
-        action=argparse.BooleanOptionalAction)
-    add(run, "--compute-dtype", "activations and matrix products in bfloat16 (accelerators) or "
-        "float32; parameters stay float32", choices=COMPUTE_DTYPES)
-    add(run, "--compilation-cache", "JAX's persistent compilation cache (a second launch skips "
-        "compiling)", action=argparse.BooleanOptionalAction)
-    add(run, "--compilation-cache-dir", "folder of the compilation cache (default: "
-        "$XDG_CACHE_HOME or ~/.cache, then l2d/jax)")
-    add(run, "--coordinator-address", "multi-host: HOST:PORT of process 0, for "
-        "jax.distributed.initialize")
-    add(run, "--num-processes", "multi-host: number of processes", type=int)
-    add(run, "--process-id", "multi-host: this process's index, 0 to --num-processes - 1",
-        type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="l2d",
+        description="Learning to defer to human experts in JAX: EM or a surrogate loss.")
+    parser.add_argument("--version", action="version", version=f"l2d {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=OneLineErrorParser)
+    add_train_parser(commands)
     prepare = commands.add_parser(
         "prepare", help="image folder (one subfolder per class) -> ground-truth manifests",
         description="Write train_groundtruth.json, test_groundtruth.json and classes.json into "
@@ -261,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also register it in the MLflow Model Registry under NAME")
     export.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite file "
                         "mlflow.db in the current folder)")
-    export.add_argument("--artifact-path", default=TrainConfig.artifact_path,
+    export.add_argument("--artifact-path", default=TrackingOptions.artifact_path,
                         help="folder of <run_id>/config.json and <run_id>/checkpoints "
-                             f"(default: {TrainConfig.artifact_path})")
+                             f"(default: {TrackingOptions.artifact_path})")
 
     predict = commands.add_parser(
         "predict", help="route new images with a run's deferral_system model",
@@ -318,92 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_jax_environment(config: TrainConfig) -> None:
-    """Must run before jax is imported: platform and memory flags are read at import."""
-    if config.jax_platform:
-        os.environ["JAX_PLATFORMS"] = config.jax_platform
-    if config.mem_frac is not None:
-        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(config.mem_frac)
+def start_jax(runtime: RuntimeOptions) -> None:
+    """JAX's start-up (``l2d.jax_runtime``), imported only by the commands that compute."""
+    from l2d import jax_runtime
 
-
-def default_compilation_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "l2d" / "jax"
-
-
-def start_jax(config: TrainConfig) -> None:
-    """Join the other processes (multi-host), switch on the compilation cache, check devices."""
-    configure_jax_environment(config)
-    import jax
-
-    if config.coordinator_address is not None:
-        # CPU processes exchange gradients through gloo (the default has no cross-process path).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        try:
-            jax.distributed.initialize(config.coordinator_address, config.num_processes,
-                                       config.process_id)
-        except (RuntimeError, ValueError) as error:
-            line = first_line(error)
-            raise L2DError(f"--coordinator-address={config.coordinator_address}: cannot join "
-                           f"the other processes: {line}") from None
-    if config.compilation_cache:
-        folder = Path(config.compilation_cache_dir or default_compilation_cache()).expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            # JAX would silently compile without the cache: say so instead.
-            raise L2DError(f"--compilation-cache-dir={folder}: cannot create it "
-                           f"({error.strerror})") from None
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        # Cache every program: l2d's many small ones (initialisation, evaluation) add up too.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    try:
-        jax.devices()
-    except RuntimeError as error:
-        line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise L2DError(f"--jax-platform={config.jax_platform}: {line}") from None
-
-
-def stored_config(given: dict, run_id: str, *, allowed: frozenset[str]) -> TrainConfig:
-    """The run's saved config, with the flags in ``allowed`` taken from the command line.
-
-    Any other flag typed with a value different from the run's is an error: a resumed run must
-    continue exactly, and a silently ignored flag would lie.
-    """
-    artifact_path = given.get("artifact_path", TrainConfig().artifact_path)
-    path = Path(artifact_path).expanduser().resolve() / run_id / "config.json"
-    if not path.is_file():
-        raise L2DError(f"--run-id={run_id}: no {path} (is --artifact-path right?)")
-    stored = TrainConfig.load(path)
-    for name, value in given.items():
-        if name not in allowed and getattr(stored, name) != value:
-            # The cosine schedule spans the epochs set at the start: more epochs would change
-            # every step's learning rate, so the numbers would match neither run.
-            why = ("; the learning rate decays over the epochs the run was started with, so a "
-                   "longer training is a new run" if name == "num_epochs" else "")
-            raise L2DError(
-                f"--{name.replace('_', '-')}={value}: run {run_id} was trained with "
-                f"{getattr(stored, name)}{why}; omit the flag to use the run's value")
-    return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in allowed})
-
-
-def check_method_flags(given: dict, config: TrainConfig) -> None:
-    """A flag that only another method, or another mode of EM, reads is an error, not silently
-    ignored."""
-    unused = config.unused_fields()
-    for name in (name for name in given if name in unused):
-        owners = [method for method, fields in METHOD_FIELDS.items() if name in fields]
-        raise L2DError(f"--{name.replace('_', '-')}: only used by --method "
-                       f"{' or '.join(owners)}, not by --method {config.method}")
-    bounds = [name for name in ("max_share", "min_share") if name in given]
-    if bounds and config.method != "em" and config.test_workload != "enforce":
-        # EM's E-step reads the bounds in training; the other methods only route by them.
-        raise L2DError(f"--{bounds[0].replace('_', '-')}: --method {config.method} uses the "
-                       "bounds only with --test-workload enforce")
-    if "missing" in given and not config.allow_missing_annotations:
-        raise L2DError(f"--missing={config.missing}: only with --allow-missing-annotations")
-    for name in ("ann_model", "ann_width"):
-        if name in given and config.missing != "model":
-            raise L2DError(f"--{name.replace('_', '-')}: only used with --missing model")
+    jax_runtime.start_jax(runtime)
 
 
 def run_train_command(given: dict) -> None:
@@ -421,42 +299,26 @@ def run_train_command(given: dict) -> None:
         raise L2DError(f"--{'resume' if resume else 'test'} needs --run-id")
     if run_id and not (resume or mode == "test"):
         raise L2DError(f"--run-id={run_id}: only used with --resume or --test")
-    if resume:
-        config = stored_config(given, run_id, allowed=RUNTIME_FIELDS)
-    elif mode == "test":
-        config = stored_config(given, run_id, allowed=RUNTIME_FIELDS | TEST_OVERRIDABLE)
+    if resume or mode == "test":
+        folder = RunFolder.of(given.get("artifact_path", TrackingOptions.artifact_path), run_id)
+        config = folder.stored_config(given, changeable=changeable(testing=mode == "test"))
     else:
-        config = TrainConfig(**given)
+        config = TrainConfig.from_dict(given)
     config.validate()
     check_method_flags(given, config)
-    start_jax(config)
-    from l2d import train  # Heavy (jax, flax, mlflow): only once the flags are known to be good.
-
     if mode == "test":
-        report(train.test(config, run_id), config, "test metrics")
+        report(l2d.evaluate_run(config, run_id), config, "test metrics")
     else:
-        metrics = train.train(config, resume_run_id=run_id, register_model=register_model)
-        if config.process_id == 0:
-            report(metrics, config, "final test metrics")
+        result = l2d.train(config, resume_run_id=run_id, register_model=register_model)
+        if config.runtime.process_id == 0:
+            report(result.metrics, config, "final test metrics")
 
 
 def report(metrics: dict[str, float], config: TrainConfig, what: str) -> None:
     """The human summary of the test metrics, then every metric on one line."""
-    from l2d.config import expert_names
-    from l2d.metrics import metrics_line, summary
+    from l2d.evaluation.metrics import metrics_line, summary
 
-    print(f"{summary(metrics, expert_names(config))}\nl2d: {what}: {metrics_line(metrics)}")
-
-
-def open_tracking_store(uri: str | None, run_id: str):
-    """The tracker of an existing store that holds ``run_id``."""
-    from l2d.plot import open_store
-    from l2d.tracking import resolve_tracking_uri
-
-    tracker = open_store(resolve_tracking_uri(uri))
-    if not tracker.run_exists(run_id):
-        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
-    return tracker
+    print(f"{summary(metrics, config.data.experts())}\nl2d: {what}: {metrics_line(metrics)}")
 
 
 def check_model_name(name: str | None) -> None:
@@ -467,27 +329,30 @@ def check_model_name(name: str | None) -> None:
 
 
 def run_export_command(args: dict) -> None:
-    check_model_name(args["register_model"])
-    tracker = open_tracking_store(args["tracking_uri"], args["run_id"])
-    config = stored_config({"artifact_path": args["artifact_path"]}, args["run_id"],
-                           allowed=RUNTIME_FIELDS)
-    # One process reads the checkpoint, whatever the run was trained on.
-    config = dataclasses.replace(config, coordinator_address=None, num_processes=1,
-                                 process_id=0)
-    start_jax(config)
-    from l2d.export import export
+    from l2d.tracking import open_run_store
 
-    uri = export(config, args["run_id"], tracker, register_model=args["register_model"])
+    check_model_name(args["register_model"])
+    tracker = open_run_store(args["tracking_uri"], args["run_id"])
+    folder = RunFolder.of(args["artifact_path"], args["run_id"])
+    # One process reads the checkpoint, whatever the run was trained on.
+    config = folder.load_config().replace(coordinator_address=None, num_processes=1,
+                                          process_id=0)
+    start_jax(config.runtime)
+    from l2d.serving.export import export
+
+    uri = export(config, folder, tracker, register_model=args["register_model"])
     print(f"{uri}" + (f" (registered as {args['register_model']})"
                       if args["register_model"] else ""))
 
 
 def run_predict_command(args: dict) -> None:
-    tracker = open_tracking_store(args["tracking_uri"], args["run_id"])
+    from l2d.tracking import open_run_store
+
+    tracker = open_run_store(args["tracking_uri"], args["run_id"])
     source = args["images"] or args["manifest"]
-    start_jax(TrainConfig())
-    from l2d import predict
-    from l2d.mlflow_model import load_trained_system
+    start_jax(RuntimeOptions())
+    from l2d.serving import predict
+    from l2d.serving.pyfunc import load_trained_system
 
     system = load_trained_system(tracker.uri, args["run_id"])
     if args["images"] is not None:
@@ -543,22 +408,21 @@ def run_experts_command(args: dict) -> None:
 
 
 def run_plot_command(args: dict) -> None:
-    from l2d.plot import plot_runs
-    from l2d.tracking import resolve_tracking_uri
+    from l2d.evaluation.plot import plot_runs
+    from l2d.tracking import open_store, resolve_tracking_uri
 
-    paths = plot_runs(resolve_tracking_uri(args["tracking_uri"]), args["run_ids"],
+    paths = plot_runs(open_store(resolve_tracking_uri(args["tracking_uri"])), args["run_ids"],
                       Path(args["output"]), log_artifacts=args["log_artifacts"])
     print("\n".join(str(path) for path in paths))
 
 
 def run_runs_command(args: dict) -> None:
     from l2d import runs
-    from l2d.plot import open_store
-    from l2d.tracking import resolve_tracking_uri
+    from l2d.tracking import open_store, resolve_tracking_uri
 
     tracker = open_store(resolve_tracking_uri(args["tracking_uri"]))
     status = None if args["status"] == "any" else args["status"]
-    found = runs.search(tracker, status=status, experiment_name=args["experiment_name"])
+    found = tracker.search_runs(status=status, experiment_name=args["experiment_name"])
     if args["newest"]:
         if not found:
             raise L2DError(f"no {status or ''} run in {tracker.uri}".replace("  ", " "))
@@ -568,32 +432,20 @@ def run_runs_command(args: dict) -> None:
 
 
 def run_demo_command(args: dict) -> None:
-    from l2d.data.demo import build_demo_dataset, demo_manifests
+    from l2d.data.demo import build_demo_dataset, demo_config, demo_manifests
 
     folder = Path(args["data_dir"]).resolve()
     manifests = demo_manifests(folder, seed=args["seed"])
     if manifests is None:
         print(f"l2d: writing the digits demo dataset to {folder}", file=sys.stderr)
         manifests = build_demo_dataset(folder, seed=args["seed"])
-    config = TrainConfig(
-        experiment_name="l2d-demo", run_description="digits demo, two specialist experts",
-        train_files=tuple(manifests["train_experts"]),
-        train_groundtruth_file=manifests["train_groundtruth"],
-        test_files=tuple(manifests["test_experts"]),
-        test_groundtruth_file=manifests["test_groundtruth"],
-        expert_names=("digits_0-4", "digits_5-9"),
-        clf_width=8, dfr_width=8, batch_size=64, lr=0.05, num_epochs=args["num_epochs"],
-        seed=args["seed"], **DEMO_DEFERRAL,
-    ).validate()
-    start_jax(config)
-    from l2d import train
-    from l2d.config import expert_names
-    from l2d.metrics import summary
-    from l2d.tracking import UI_ADDRESS
+    config = demo_config(manifests, num_epochs=args["num_epochs"], seed=args["seed"])
+    result = l2d.train(config)
+    from l2d.evaluation.metrics import summary
+    from l2d.tracking import UI_ADDRESS, resolve_tracking_uri
 
-    metrics = train.train(config)
-    print(f"{summary(metrics, expert_names(config))}\nsee the run: mlflow ui "
-          f"--backend-store-uri {train.resolve_tracking_uri(None)} then open {UI_ADDRESS}")
+    print(f"{summary(result.metrics, config.data.experts())}\nsee the run: mlflow ui "
+          f"--backend-store-uri {resolve_tracking_uri(None)} then open {UI_ADDRESS}")
 
 
 def interrupted_message(interrupted: Interrupted, args: dict) -> str:

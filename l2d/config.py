@@ -1,4 +1,12 @@
-"""The configuration of a training run: one frozen dataclass, checked once by ``validate()``."""
+"""The configuration of a training run: the shared option groups, the method's own options
+(``l2d.methods``), and ``TrainConfig``, which holds one of each and is checked once by
+``validate()``.
+
+The groups are declared with ``l2d.options.option``; a layer is handed the group (or the values)
+it reads, never the whole configuration. ``config.json`` and the MLflow params are the flat
+``{flag name: value}`` of every group and the method's options (``TrainConfig.to_dict``), the
+format every run of l2d has written, so that older runs load as they are.
+"""
 
 import dataclasses
 import json
@@ -7,71 +15,45 @@ from pathlib import Path
 from typing import Any
 
 from l2d.errors import L2DError
+from l2d.methods import METHODS, registered
+from l2d.options import (
+    ANY_TIME,
+    ON_TEST,
+    Option,
+    Options,
+    check_at_least,
+    check_positive_number,
+    derived,
+    flag_of,
+    invalid,
+    option,
+)
 
-MODEL_NAMES = ("cnn", "preact_resnet10")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-E_STEPS = ("exact", "mc")
-CLF_WEIGHTINGS = ("posterior", "uniform")
 TEST_WORKLOADS = ("argmax", "enforce")
-MISSING_MODES = ("exclude", "model")
 # The option of an input the classifier keeps; the other options are the experts, by name.
 CLASSIFIER = "classifier"
-
-# The flags (config fields) each --method reads; giving one that belongs only to another method
-# is an error rather than silently ignored. Keys are the method names of ``l2d.methods.METHODS``.
-METHOD_FIELDS: dict[str, frozenset[str]] = {
-    "em": frozenset({"clf_model", "clf_width", "dfr_model", "dfr_width", "e_step", "mc_samples",
-                     "expert_smoothing", "clf_weighting", "allow_missing_annotations",
-                     "missing", "ann_model", "ann_width"}),
-    "softmax": frozenset({"model", "width"}),
-    "ova": frozenset({"model", "width"}),
-}
-METHOD_NAMES = tuple(METHOD_FIELDS)
-
-# Fields that may change when a run is resumed or re-evaluated: they affect speed and where
-# things are written, never the numbers a run produces.
-RUNTIME_FIELDS = frozenset(
-    {
-        "tracking_uri",
-        "artifact_path",
-        "jax_platform",
-        "mem_frac",
-        "prefetch_size",
-        "num_threads",
-        "tqdm",
-        "cache_images",
-        "compilation_cache",
-        "compilation_cache_dir",
-        "coordinator_address",
-        "num_processes",
-        "process_id",
-    }
-)
 
 
 def check_share_bounds(min_share, max_share, num_options: int) -> None:
     """L2DError naming the flag when no assignment of inputs can meet the workload bounds."""
-
-    def fail(flag: str, values, problem: str) -> None:
-        raise L2DError(f"--{flag}={','.join(f'{v:g}' for v in values)}: {problem}")
-
-    for flag, values in (("min-share", min_share), ("max-share", max_share)):
+    for name, values in (("min_share", min_share), ("max_share", max_share)):
         if values is None:
             continue
         if len(values) != num_options:
-            fail(flag, values, f"gives {len(values)} numbers, needs {num_options}: one per "
-                 "expert of --train-files, then the classifier")
+            raise invalid(name, values, f"gives {len(values)} numbers, needs {num_options}: "
+                          "one per expert of --train-files, then the classifier")
         if not all(0 <= v <= 1 for v in values):
-            fail(flag, values, "every share must be in [0, 1]")
+            raise invalid(name, values, "every share must be in [0, 1]")
     if min_share is not None and max_share is not None:
-        for option, (low, high) in enumerate(zip(min_share, max_share)):
+        for index, (low, high) in enumerate(zip(min_share, max_share)):
             if low > high:
-                fail("min-share", min_share, f"option {option}'s minimum {low:g} is above its "
-                     f"--max-share {high:g}")
+                raise invalid("min_share", min_share, f"option {index}'s minimum {low:g} is "
+                              f"above its --max-share {high:g}")
     if min_share is not None and sum(min_share) > 1 + 1e-6:
-        fail("min-share", min_share, f"the minimums add up to {sum(min_share):g} > 1")
+        raise invalid("min_share", min_share, f"the minimums add up to {sum(min_share):g} > 1")
     if max_share is not None and sum(max_share) < 1 - 1e-6:
-        fail("max-share", max_share, f"the maximums add up to {sum(max_share):g} < 1")
+        raise invalid("max_share", max_share, f"the maximums add up to {sum(max_share):g} < 1")
 
 
 def check_expert_names(names, num_experts: int) -> None:
@@ -87,219 +69,289 @@ def check_expert_names(names, num_experts: int) -> None:
         raise L2DError(f"--expert-names={given}: '{CLASSIFIER}' names the classifier's option")
 
 
-def expert_names(config: "TrainConfig") -> list[str]:
-    """The experts' names: ``--expert-names``, else their training manifests' file names without
-    ``.json``, made unique (and distinct from ``classifier``) by a ``k:`` prefix when two would
-    be equal."""
-    if config.expert_names is not None:
-        return list(config.expert_names)
-    stems = [Path(file).stem for file in config.train_files]
-    if len(set(stems)) == len(stems) and CLASSIFIER not in stems:
-        return stems
-    return [f"{k}:{stem}" for k, stem in enumerate(stems)]
+@dataclasses.dataclass(frozen=True)
+class DataOptions(Options):
+    """The manifests, the experts' names and what is done to the images."""
+
+    title = "data"
+
+    train_files: tuple[str, ...] = option(
+        (), "expert manifests of the training split, one per expert", metavar="A.json,B.json")
+    train_groundtruth_file: str = option(
+        "", "ground-truth manifest of the training split", metavar="GT.json")
+    test_files: tuple[str, ...] = option(
+        (), "expert manifests of the test split, the same experts in the same order",
+        changes=ON_TEST, metavar="A.json,B.json")
+    test_groundtruth_file: str = option(
+        "", "ground-truth manifest of the test split", changes=ON_TEST, metavar="GT.json")
+    expert_names: tuple[str, ...] | None = option(
+        None, "the experts' names, in --train-files order, in the summary, plots, decisions "
+        "and the served model's columns (default: the training manifests' file names)",
+        metavar="A,B")
+    num_classes: int | None = option(
+        None, "number of classes C (default: the largest training label + 1)")
+    augment: bool = option(False, "4-pixel pad + random crop + horizontal flip of training "
+                           "images")
+    norm_mean: tuple[float, ...] | None = option(
+        None, "per-channel mean of pixels in [0, 1] (default: computed from the training set)")
+    norm_std: tuple[float, ...] | None = option(
+        None, "per-channel std, given together with --norm-mean")
+    # (H, W, C) of the training images, recorded so that --test can check its data.
+    image_shape: tuple[int, int, int] | None = derived()
+
+    def validate(self) -> None:
+        for name in ("train_groundtruth_file", "test_groundtruth_file"):
+            if not getattr(self, name):
+                raise invalid(name, "''", "is required")
+        for name in ("train_files", "test_files"):
+            if not getattr(self, name):
+                raise invalid(name, "''", "needs at least one expert manifest (comma-separated)")
+        if len(self.train_files) != len(self.test_files):
+            raise invalid("test_files", self.test_files,
+                          f"gives {len(self.test_files)} experts but --train-files gives "
+                          f"{len(self.train_files)}; list the same experts in the same order")
+        if self.expert_names is not None:
+            check_expert_names(self.expert_names, len(self.train_files))
+        check_at_least(self, ("num_classes",), 2)
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise invalid("norm_mean" if self.norm_mean is None else "norm_std", None,
+                          "give --norm-mean and --norm-std together")
+        if self.norm_std is not None:
+            if len(self.norm_mean) != len(self.norm_std):
+                raise invalid("norm_std", self.norm_std, f"has {len(self.norm_std)} values but "
+                              f"--norm-mean has {len(self.norm_mean)}")
+            if any(not (math.isfinite(s) and s > 0) for s in self.norm_std):
+                raise invalid("norm_std", self.norm_std, "every value must be > 0")
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.train_files)
+
+    def experts(self) -> list[str]:
+        """The experts' names: ``--expert-names``, else their training manifests' file names
+        without ``.json``, made unique (and distinct from ``classifier``) by a ``k:`` prefix
+        when two would be equal."""
+        if self.expert_names is not None:
+            return list(self.expert_names)
+        stems = [Path(file).stem for file in self.train_files]
+        if len(set(stems)) == len(stems) and CLASSIFIER not in stems:
+            return stems
+        return [f"{k}:{stem}" for k, stem in enumerate(stems)]
+
+    def options(self) -> list[str]:
+        """The experts' names, then the classifier's: the options an input can go to."""
+        return [*self.experts(), CLASSIFIER]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions(Options):
+    """The optimiser, its schedule, the batches, the epochs, the seed and the precision."""
+
+    title = "optimisation"
+
+    lr: float = option(0.01, "initial learning rate (cosine decay to 0)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(
+        5e-4, "weight decay as an L2 term added to the gradient (coupled, not AdamW's) of "
+        "convolution and dense kernels only")
+    batch_size: int = option(128, "training and evaluation batch size", changes=ON_TEST)
+    num_epochs: int = option(100, "training epochs")
+    seed: int = option(0, "seed of initialisation, data order, augmentation and Monte Carlo "
+                       "draws")
+    compute_dtype: str = option(
+        "float32", "precision of activations and matrix products (bfloat16 is for "
+        "accelerators); parameters, optimizer states, losses and the E-step stay float32",
+        choices=COMPUTE_DTYPES)
+
+    def validate(self) -> None:
+        self.check_choices()
+        if self.seed < 0:
+            raise invalid("seed", self.seed, "must be a non-negative integer")
+        check_at_least(self, ("batch_size", "num_epochs"), 1)
+        check_positive_number(self, "lr")
+        if not 0 <= self.momentum < 1:
+            raise invalid("momentum", self.momentum, "must be in [0, 1)")
+        check_positive_number(self, "weight_decay", zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationOptions(Options):
+    """Workload bounds and how the test split (and a served batch) is routed."""
+
+    title = "workload bounds and routing"
+
+    max_share: tuple[float, ...] | None = option(
+        None, "K + 1 numbers, the experts in --train-files order then the classifier: the "
+        "largest share of each option, in each batch of EM's E-step and, with --test-workload "
+        "enforce, in the test split (any method)")
+    min_share: tuple[float, ...] | None = option(
+        None, "K + 1 numbers as --max-share: the smallest shares")
+    test_workload: str = option(
+        "argmax", "test-time routing: the highest score per input, or the whole split assigned "
+        "at once within the share bounds", choices=TEST_WORKLOADS, changes=ON_TEST)
+
+    def validate(self) -> None:
+        self.check_choices()
+        if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
+            raise invalid("test_workload", self.test_workload, "needs --max-share or --min-share")
+
+    @property
+    def bounded(self) -> bool:
+        return self.min_share is not None or self.max_share is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions(Options):
+    """Devices, hosts, the loader and the progress bars: speed, never the numbers."""
+
+    title = "devices, hosts and loading"
+
+    jax_platform: str | None = option(
+        None, "JAX platform: cpu, cuda, ... (default: JAX's choice)", changes=ANY_TIME)
+    mem_frac: float | None = option(None, "share of GPU memory JAX preallocates",
+                                    changes=ANY_TIME)
+    compilation_cache: bool = option(
+        True, "JAX's persistent compilation cache (a second launch skips compiling)",
+        changes=ANY_TIME)
+    compilation_cache_dir: str | None = option(
+        None, "folder of the compilation cache (default: $XDG_CACHE_HOME or ~/.cache, then "
+        "l2d/jax)", changes=ANY_TIME)
+    coordinator_address: str | None = option(
+        None, "multi-host: HOST:PORT of process 0, for jax.distributed.initialize",
+        changes=ANY_TIME)
+    num_processes: int = option(1, "multi-host: number of processes", changes=ANY_TIME)
+    process_id: int = option(0, "multi-host: this process's index, 0 to --num-processes - 1",
+                             changes=ANY_TIME)
+    cache_images: bool = option(
+        True, "decode images from disk every epoch instead of keeping them in memory (for "
+        "datasets larger than RAM)", negated_flag="--stream-from-disk", changes=ANY_TIME)
+    prefetch_size: int = option(4, "batches prepared ahead of the training step",
+                                changes=ANY_TIME)
+    num_threads: int = option(4, "image decoding threads", changes=ANY_TIME)
+    tqdm: bool = option(True, "progress bars (silent anyway when output is not a terminal)",
+                        changes=ANY_TIME)
+
+    def validate(self) -> None:
+        check_at_least(self, ("num_processes", "prefetch_size", "num_threads"), 1)
+        if not 0 <= self.process_id < self.num_processes:
+            raise invalid("process_id", self.process_id,
+                          f"must be in [0, --num-processes={self.num_processes})")
+        if (self.num_processes > 1) != (self.coordinator_address is not None):
+            raise invalid("coordinator_address", self.coordinator_address,
+                          "give it exactly when --num-processes is above 1")
+        if self.mem_frac is not None and not 0 < self.mem_frac <= 1:
+            raise invalid("mem_frac", self.mem_frac, "must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingOptions(Options):
+    """The MLflow experiment and run, and where the run's folder and checkpoints go."""
+
+    title = "tracking and checkpoints"
+
+    experiment_name: str = option("l2d", "MLflow experiment")
+    run_name: str | None = option(None, "MLflow run name (default: one MLflow makes up)")
+    run_description: str = option("", "free text shown with the run in MLflow")
+    tracking_uri: str | None = option(
+        None, "MLflow tracking URI, e.g. http://127.0.0.1:8080 (default: sqlite file "
+        "mlflow.db in the current folder)", changes=ANY_TIME)
+    artifact_path: str = option(
+        "artifacts", "folder of <run_id>/config.json and <run_id>/checkpoints",
+        changes=ANY_TIME)
+    checkpoint_every: int = option(5, "save a checkpoint every N epochs and after the last")
+    keep_checkpoints: int = option(3, "newest checkpoints kept per run")
+
+    def validate(self) -> None:
+        if not self.experiment_name.strip():
+            raise invalid("experiment_name", "''", "must not be empty")
+        if self.run_name is not None and not self.run_name.strip():
+            raise invalid("run_name", "''", "must not be empty")
+        check_at_least(self, ("checkpoint_every", "keep_checkpoints"), 1)
+
+
+# The shared groups, in the order of ``--help`` and of the docs; the method's options follow.
+SHARED_GROUPS = (DataOptions, TrainingOptions, EvaluationOptions, RuntimeOptions,
+                 TrackingOptions)
+# The field of TrainConfig that names the method; its flag is --method.
+METHOD = "method"
+
+
+def shared_options() -> list[Option]:
+    return [declared for group in SHARED_GROUPS for declared in group.declared()]
+
+
+def method_options(name: str) -> list[Option]:
+    return METHODS[name].options.declared()
+
+
+def changeable(*, testing: bool) -> frozenset[str]:
+    """The options that ``--test`` (``testing``) or ``--resume`` may change from the run's."""
+    allowed = {ON_TEST, ANY_TIME} if testing else {ANY_TIME}
+    options = [*shared_options(), *(declared for name in METHODS
+                                    for declared in method_options(name))]
+    return frozenset(item.name for item in options if item.declaration.changes in allowed)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a run. Flag names are these field names with dashes."""
+    """Everything that determines a run: one of each shared group, the method's name and its
+    options (the ``options`` class of ``l2d.methods.METHODS[method]``)."""
 
-    # MLflow experiment the run belongs to, the run's name (None: MLflow's generated one) and a
-    # free-text description shown in the UI.
-    experiment_name: str = "l2d"
-    run_name: str | None = None
-    run_description: str = ""
-    # Manifests: one expert manifest per expert (same order in train and test) and one ground truth.
-    train_files: tuple[str, ...] = ()
-    train_groundtruth_file: str = ""
-    test_files: tuple[str, ...] = ()
-    test_groundtruth_file: str = ""
-    # The experts' names, in --train-files order, in the summary, plots, decisions and the served
-    # model's columns; None names them by their training manifests' file names.
-    expert_names: tuple[str, ...] | None = None
-    # Number of classes C; None infers it from the training ground truth as max(label) + 1.
-    num_classes: int | None = None
-    # Learning-to-defer method (l2d/methods): EM, or a surrogate loss on one network.
+    data: DataOptions = DataOptions()
+    training: TrainingOptions = TrainingOptions()
+    evaluation: EvaluationOptions = EvaluationOptions()
+    runtime: RuntimeOptions = RuntimeOptions()
+    tracking: TrackingOptions = TrackingOptions()
     method: str = "em"
-    # EM's networks by registry name; width None takes the model's default (cnn 32, resnet 64).
-    clf_model: str = "cnn"
-    clf_width: int | None = None
-    dfr_model: str = "preact_resnet10"
-    dfr_width: int | None = None
-    # The surrogate methods' one network (C + K outputs) and its width.
-    model: str = "preact_resnet10"
-    width: int | None = None
-    # SGD with momentum, a cosine-decayed learning rate, and weight decay as an L2 term added to
-    # the gradient (coupled, not AdamW-style decoupled) of convolution and dense kernels only.
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    num_epochs: int = 100
-    # E-step: exact posterior, or Monte Carlo EM with `mc_samples` draws of z per input.
-    e_step: str = "exact"
-    mc_samples: int = 8
-    # Label smoothing of the experts' annotations in p(y | z = expert); 0 trusts them fully.
-    expert_smoothing: float = 0.0
-    # Classifier loss weights: q(classifier) as in the original, or 1 for every sample.
-    clf_weighting: str = "posterior"
-    # Workload bounds: per option (the experts in --train-files order, then the classifier) the
-    # share of each batch EM's E-step may assign to it, and of the test split (or of a batch
-    # routed by the trained system) under --test-workload enforce, for every method; None
-    # leaves it unbounded.
-    max_share: tuple[float, ...] | None = None
-    min_share: tuple[float, ...] | None = None
-    # Test-time routing: the gate's argmax per input, or the whole split assigned at once so
-    # that the shares meet the bounds.
-    test_workload: str = "argmax"
-    # Expert manifests may lack files or give "label": null; EM then leaves a missing expert out
-    # of that input's E-step ("exclude"), or models p(t_k | x) with a third network ("model").
-    allow_missing_annotations: bool = False
-    missing: str = "exclude"
-    ann_model: str = "cnn"
-    ann_width: int | None = None
-    # 4-pixel pad + random crop + horizontal flip of training images.
-    augment: bool = False
-    # Per-channel normalisation of pixels in [0, 1]; None computes it from the training set.
-    norm_mean: tuple[float, ...] | None = None
-    norm_std: tuple[float, ...] | None = None
-    # Keep decoded uint8 images in memory (fast) or decode from disk every epoch (large data).
-    cache_images: bool = True
-    # One seed for initialisation, data order, augmentation and Monte Carlo draws.
-    seed: int = 0
-    # Derived, not a flag: (H, W, C) of the training images, recorded so --test can check its data.
-    image_shape: tuple[int, int, int] | None = None
-    # Save a checkpoint every N epochs (and after the last), keeping the newest `keep_checkpoints`.
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-    # Where runs are tracked (None: sqlite file ./mlflow.db) and where checkpoints go.
-    tracking_uri: str | None = None
-    artifact_path: str = "artifacts"
-    # JAX platform ("cpu", "cuda", ...; None lets JAX choose) and the GPU memory share it takes.
-    jax_platform: str | None = None
-    mem_frac: float | None = None
-    # Precision of activations and matrix products (bfloat16 is for accelerators); parameters,
-    # optimizer states, losses and the E-step stay float32.
-    compute_dtype: str = "float32"
-    # JAX's persistent compilation cache, so that a second launch skips compilation; None puts it
-    # under $XDG_CACHE_HOME (or ~/.cache)/l2d/jax.
-    compilation_cache: bool = True
-    compilation_cache_dir: str | None = None
-    # Multi-host training: every process gets the same flags but its own --process-id.
-    coordinator_address: str | None = None
-    num_processes: int = 1
-    process_id: int = 0
-    # Loader: batches prepared ahead of the training step, and decoding threads.
-    prefetch_size: int = 4
-    num_threads: int = 4
-    # Progress bars (they stay quiet anyway when output is not a terminal).
-    tqdm: bool = True
+    # None: the method's defaults.
+    method_options: Options | None = None
+
+    def __post_init__(self):
+        if self.method in METHODS and self.method_options is None:
+            object.__setattr__(self, "method_options", METHODS[self.method].options())
 
     def validate(self) -> "TrainConfig":
         """Raise L2DError naming the first flag whose value cannot work; return self."""
-
-        def fail(flag: str, value: Any, problem: str) -> None:
-            raise L2DError(f"--{flag.replace('_', '-')}={value}: {problem}")
-
-        if not self.experiment_name.strip():
-            fail("experiment_name", "''", "must not be empty")
-        if self.seed < 0:
-            fail("seed", self.seed, "must be a non-negative integer")
-        for name in ("train_groundtruth_file", "test_groundtruth_file"):
-            if not getattr(self, name):
-                fail(name, "''", "is required")
-        for name in ("train_files", "test_files"):
-            if not getattr(self, name):
-                fail(name, "''", "needs at least one expert manifest (comma-separated)")
-        if len(self.train_files) != len(self.test_files):
-            fail(
-                "test_files",
-                ",".join(self.test_files),
-                f"gives {len(self.test_files)} experts but --train-files gives "
-                f"{len(self.train_files)}; list the same experts in the same order",
-            )
-        if self.run_name is not None and not self.run_name.strip():
-            fail("run_name", "''", "must not be empty")
-        if self.expert_names is not None:
-            check_expert_names(self.expert_names, len(self.train_files))
-        if self.method not in METHOD_NAMES:
-            fail("method", self.method, f"unknown method; choose one of {METHOD_NAMES}")
-        for name in ("clf_model", "dfr_model", "model", "ann_model"):
-            if getattr(self, name) not in MODEL_NAMES:
-                fail(name, getattr(self, name), f"unknown model; choose one of {MODEL_NAMES}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            fail("compute_dtype", self.compute_dtype, f"choose one of {COMPUTE_DTYPES}")
-        if self.num_processes < 1:
-            fail("num_processes", self.num_processes, "must be at least 1")
-        if not 0 <= self.process_id < self.num_processes:
-            fail("process_id", self.process_id,
-                 f"must be in [0, --num-processes={self.num_processes})")
-        if (self.num_processes > 1) != (self.coordinator_address is not None):
-            fail("coordinator_address", self.coordinator_address,
-                 "give it exactly when --num-processes is above 1")
-        if self.e_step not in E_STEPS:
-            fail("e_step", self.e_step, f"choose one of {E_STEPS}")
-        if self.clf_weighting not in CLF_WEIGHTINGS:
-            fail("clf_weighting", self.clf_weighting, f"choose one of {CLF_WEIGHTINGS}")
-        if self.test_workload not in TEST_WORKLOADS:
-            fail("test_workload", self.test_workload, f"choose one of {TEST_WORKLOADS}")
-        check_share_bounds(self.min_share, self.max_share, len(self.train_files) + 1)
-        if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
-            fail("test_workload", self.test_workload, "needs --max-share or --min-share")
-        if self.missing not in MISSING_MODES:
-            fail("missing", self.missing, f"choose one of {MISSING_MODES}")
-        if self.missing == "model" and not self.allow_missing_annotations:
-            fail("missing", self.missing, "only with --allow-missing-annotations")
-        positive_ints = ("batch_size", "num_epochs", "mc_samples", "checkpoint_every",
-                         "keep_checkpoints", "prefetch_size", "num_threads")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                fail(name, getattr(self, name), "must be at least 1")
-        for name in ("num_classes", "clf_width", "dfr_width", "width", "ann_width"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                fail(name, value, "must be at least 1")
-        if self.num_classes is not None and self.num_classes < 2:
-            fail("num_classes", self.num_classes, "must be at least 2")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            fail("lr", self.lr, "must be a positive number")
-        if not 0 <= self.momentum < 1:
-            fail("momentum", self.momentum, "must be in [0, 1)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            fail("weight_decay", self.weight_decay, "must be a non-negative number")
-        if not 0 <= self.expert_smoothing <= 1:
-            fail("expert_smoothing", self.expert_smoothing, "must be in [0, 1]")
-        if self.mem_frac is not None and not 0 < self.mem_frac <= 1:
-            fail("mem_frac", self.mem_frac, "must be in (0, 1]")
-        if (self.norm_mean is None) != (self.norm_std is None):
-            fail("norm_mean" if self.norm_mean is None else "norm_std", None,
-                 "give --norm-mean and --norm-std together")
-        if self.norm_std is not None:
-            if len(self.norm_mean) != len(self.norm_std):
-                fail("norm_std", ",".join(map(str, self.norm_std)),
-                     f"has {len(self.norm_std)} values but --norm-mean has {len(self.norm_mean)}")
-            if any(not (math.isfinite(s) and s > 0) for s in self.norm_std):
-                fail("norm_std", ",".join(map(str, self.norm_std)), "every value must be > 0")
+        registered(self.method)
+        for group in (self.tracking, self.training, self.data, self.runtime, self.evaluation):
+            group.validate()
+        check_share_bounds(self.evaluation.min_share, self.evaluation.max_share,
+                           self.data.num_experts + 1)
+        expected = METHODS[self.method].options
+        if not isinstance(self.method_options, expected):
+            raise L2DError(f"--method {self.method} takes {expected.__name__}, not "
+                           f"{type(self.method_options).__name__}")
+        self.method_options.validate()
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def groups(self) -> list[Options]:
+        return [self.data, self.training, self.evaluation, self.runtime, self.tracking,
+                self.method_options]
 
-    def unused_fields(self) -> frozenset[str]:
-        """Fields that only methods other than ``self.method`` read (left out of MLflow params)."""
-        others = frozenset().union(*(fields for name, fields in METHOD_FIELDS.items()
-                                     if name != self.method))
-        return others - METHOD_FIELDS[self.method]
+    def to_dict(self) -> dict[str, Any]:
+        """The flat ``{name: value}`` of every group, with the method's name and options."""
+        values = {METHOD: self.method}
+        for group in self.groups():
+            values.update(group.values())
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Inverse of ``to_dict`` (JSON turns tuples into lists; this turns them back)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        tuples = {"train_files", "test_files", "expert_names", "norm_mean", "norm_std",
-                  "image_shape", "max_share", "min_share"}
-        return cls(**{
-            k: tuple(v) if k in tuples and v is not None else v
-            for k, v in values.items() if k in known
-        })
+        """The config of a flat ``{name: value}`` (``to_dict``, a ``config.json``, or flags);
+        names no group of it declares are ignored, as a run of an older l2d records other
+        methods' options too."""
+        method = values.get(METHOD, cls.method)
+        return cls(data=DataOptions.from_values(values),
+                   training=TrainingOptions.from_values(values),
+                   evaluation=EvaluationOptions.from_values(values),
+                   runtime=RuntimeOptions.from_values(values),
+                   tracking=TrackingOptions.from_values(values),
+                   method=method,
+                   method_options=(registered(method).options.from_values(values)))
+
+    def replace(self, **values: Any) -> "TrainConfig":
+        """This config with some options (by flat name) changed."""
+        return TrainConfig.from_dict({**self.to_dict(), **values})
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -310,3 +362,29 @@ class TrainConfig:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as error:
             raise L2DError(f"{path}: cannot read the run's configuration: {error}") from None
+
+
+def flag_owners(name: str) -> list[str]:
+    """The methods whose options include ``name``."""
+    return [method for method in METHODS
+            if name in {item.name for item in method_options(method)}]
+
+
+def check_method_flags(given: dict[str, Any], config: TrainConfig) -> None:
+    """A flag that only another method reads is an error, not silently ignored; so is a flag
+    that the method reads only with another of its options (the method's ``check_given``)."""
+    own = {item.name for item in method_options(config.method)}
+    shared = {item.name for item in shared_options()}
+    for name in given:
+        if name not in own and name not in shared and name != METHOD:
+            owners = flag_owners(name)
+            raise L2DError(f"{flag_of(name)}: only used by --method {' or '.join(owners)}, "
+                           f"not by --method {config.method}")
+    bounds = [name for name in ("max_share", "min_share") if name in given]
+    if (bounds and not METHODS[config.method].trains_with_share_bounds
+            and config.evaluation.test_workload != "enforce"):
+        # EM's E-step reads the bounds in training; the other methods only route by them.
+        raise L2DError(f"{flag_of(bounds[0])}: --method {config.method} uses the bounds only "
+                       "with --test-workload enforce")
+    config.method_options.check_given(set(given) & own)
+

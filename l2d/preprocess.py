@@ -11,6 +11,12 @@ import jax.numpy as jnp
 AUGMENT_PAD = 4
 
 
+def channel_statistics(mean, std) -> tuple[jax.Array, jax.Array]:
+    """The per-channel (mean, std) of a run's normalisation (``--norm-mean``, ``--norm-std``
+    or the training set's, as its configuration records them) as float32 arrays."""
+    return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+
 def normalise(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """uint8 ``[B, H, W, C]`` -> float32 ``(x / 255 - mean) / std`` per channel."""
     return (images.astype(jnp.float32) / 255.0 - mean) / std

@@ -5,27 +5,7 @@ status, name, method, test accuracy and coverage, and whether it has a model to 
 for scripts: ``RUN_ID=$(l2d runs --newest)``.
 """
 
-from l2d.errors import L2DError
-from l2d.metrics import ACCURACY, COVERAGE
-
-
-def search(tracker, *, status: str | None, experiment_name: str | None) -> list:
-    """The runs of the store (of ``experiment_name`` if given) with ``status`` (any if None),
-    newest first."""
-    client = tracker.client
-    if experiment_name is None:
-        experiments = [e.experiment_id for e in client.search_experiments()]
-    else:
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            raise L2DError(f"--experiment-name={experiment_name}: no such experiment in "
-                           f"{tracker.uri}")
-        experiments = [experiment.experiment_id]
-    if not experiments:
-        return []
-    return client.search_runs(
-        experiments, filter_string=f"attributes.status = '{status}'" if status else "",
-        order_by=["attributes.start_time DESC"])
+from l2d.evaluation.metrics import ACCURACY, COVERAGE
 
 
 def has_model(run) -> bool:

@@ -1,5 +1,8 @@
-"""MLflow tracking of runs. Only this module and the MLflow model of ``l2d.mlflow_model`` (with
-``l2d.model_code``) import mlflow; ``l2d.plot`` reads runs through a tracker of this module.
+"""MLflow tracking of runs: the bottom of l2d, importing nothing of it but its errors.
+
+Only this module and the MLflow model of ``l2d.serving`` import mlflow. Training logs through a
+``Tracker``; ``l2d plot``, ``l2d runs`` and ``l2d export`` read (and add to) existing runs
+through ``MlflowTracker``'s reading methods.
 
 The default store is embedded (``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``),
 so nothing has to be started; ``--tracking-uri http://...`` talks to ``mlflow_server.sh``.
@@ -7,6 +10,7 @@ Every run this module starts ends FINISHED, FAILED or KILLED, never RUNNING.
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -14,8 +18,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Protocol
+from typing import Any, Protocol
 
 from l2d.errors import Interrupted, L2DError, first_line
 
@@ -34,6 +40,14 @@ SUPPORTED_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql://", "mysq
 
 # Seconds to wait for a tracking server's /health before giving up.
 HEALTH_TIMEOUT_S = 5
+
+# The tags l2d sets on a run: the folder of its checkpoints, the training measurements it
+# reports (comma-separated), and its experts' names (a JSON list, in --train-files order).
+CHECKPOINTS_TAG = "checkpoints"
+MEASUREMENTS_TAG = "measurements"
+EXPERTS_TAG = "experts"
+# The run's free-text description, as MLflow stores it (``--run-description``).
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -109,7 +123,7 @@ class Tracker(Protocol):
     uri: str
 
     def run(self, *, experiment_name: str, description: str, run_name: str | None = None,
-            run_id: str | None = None) -> ContextManager[str]:
+            run_id: str | None = None) -> AbstractContextManager[str]:
         """Start (or, with ``run_id``, reopen) a run; yield its id; always end it with a status."""
 
     def run_exists(self, run_id: str) -> bool: ...
@@ -134,14 +148,6 @@ class Tracker(Protocol):
     def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
         """Record a dataset the active run used (MLflow's Dataset column): ``source`` is the
         path of its manifest, ``context`` what the run used it for (train, test)."""
-
-    def log_deferral_system(self, config, model_state, example_images, *,
-                            registered_model_name: str | None = None) -> str:
-        """Log the trained system as the MLflow model ``deferral_system`` of the active run
-        (``l2d.mlflow_model``); return its model URI."""
-
-    def log_plots(self, run_id: str) -> None:
-        """Log the PNGs of ``l2d plot`` for ``run_id`` under its ``plots/``."""
 
 
 class MlflowTracker:
@@ -240,32 +246,56 @@ class MlflowTracker:
         self._mlflow.log_input(MetaDataset(dataset_source, name=name, digest=digest),
                                context=context)
 
-    def log_deferral_system(self, config, model_state, example_images, *,
-                            registered_model_name: str | None = None) -> str:
-        from l2d.mlflow_model import log_deferral_system
-
-        return log_deferral_system(config, model_state, example_images,
-                                   registered_model_name=registered_model_name)
-
-    def log_deferral_system_to(self, run_id: str, config, model_state, example_images, *,
-                               registered_model_name: str | None = None) -> str:
-        """``log_deferral_system`` to an existing run, whose status and end time stay as they
-        were (MLflow logs a model only to an active run, so the run is reopened meanwhile)."""
+    @contextlib.contextmanager
+    def reopened(self, run_id: str) -> Iterator[None]:
+        """``run_id`` as the active run meanwhile (MLflow logs a model only to an active run),
+        its status and end time left as they were."""
         before = self.client.get_run(run_id).info
         self._mlflow.start_run(run_id=run_id)
         try:
-            return self.log_deferral_system(config, model_state, example_images,
-                                            registered_model_name=registered_model_name)
+            yield
         finally:
             self._mlflow.end_run(status=before.status)
             if before.end_time is not None:
                 self.client.set_terminated(run_id, before.status, end_time=before.end_time)
 
-    def log_plots(self, run_id: str) -> None:
-        from l2d.plot import plot_runs
+    def get_run(self, run_id: str):
+        """The run (MLflow's ``Run``: info, data.params, data.metrics, data.tags, outputs)."""
+        return self.client.get_run(run_id)
 
+    def metric_history(self, run_id: str, key: str) -> list:
+        """Every logged point of one metric (MLflow's ``Metric``: step, value, timestamp)."""
+        return self.client.get_metric_history(run_id, key)
+
+    def read_json_artifact(self, run_id: str, artifact_file: str) -> Any:
+        """The JSON artifact of a run; L2DError (one line) when it is missing or unreadable."""
         with tempfile.TemporaryDirectory() as folder:
-            plot_runs(self.uri, [run_id], Path(folder), log_artifacts=True)
+            try:
+                path = self.client.download_artifacts(run_id, artifact_file, folder)
+                return json.loads(Path(path).read_text())
+            except (self._mlflow.exceptions.MlflowException, OSError, ValueError):
+                raise L2DError(f"run {run_id}: no readable artifact {artifact_file}") from None
+
+    def log_artifact_to(self, run_id: str, local_path: Path, folder: str) -> None:
+        """Log a file to ``folder/`` of a run without reopening it."""
+        self.client.log_artifact(run_id, str(local_path), folder)
+
+    def search_runs(self, *, status: str | None, experiment_name: str | None) -> list:
+        """The runs of the store (of ``experiment_name`` if given) with ``status`` (any if
+        None), newest first."""
+        if experiment_name is None:
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+        else:
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                raise L2DError(f"--experiment-name={experiment_name}: no such experiment in "
+                               f"{self.uri}")
+            experiments = [experiment.experiment_id]
+        if not experiments:
+            return []
+        return self.client.search_runs(
+            experiments, filter_string=f"attributes.status = '{status}'" if status else "",
+            order_by=["attributes.start_time DESC"])
 
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client.get_run(run_id).info.experiment_id
@@ -310,9 +340,21 @@ class NullTracker:
     def log_dataset(self, *, name: str, digest: str, source: str, context: str) -> None:
         pass
 
-    def log_deferral_system(self, config, model_state, example_images, *,
-                            registered_model_name: str | None = None) -> str:
-        return "(logged by process 0)"
 
-    def log_plots(self, run_id: str) -> None:
-        pass
+def open_store(uri: str) -> MlflowTracker:
+    """A tracker on an existing store (a missing sqlite file is not silently created)."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise L2DError(f"--tracking-uri={uri}: no tracking store ({database} does not exist)")
+    check_reachable(uri)
+    return MlflowTracker(uri)
+
+
+def open_run_store(uri: str | None, run_id: str) -> MlflowTracker:
+    """The tracker of an existing store (``uri`` as ``--tracking-uri`` gives it) that holds
+    ``run_id``."""
+    tracker = open_store(resolve_tracking_uri(uri))
+    if not tracker.run_exists(run_id):
+        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
+    return tracker

@@ -1,12 +1,12 @@
 """One jitted training step per batch, for any method: its loss, one update, its measurements."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods import Method
+from l2d.methods.base import Method
 from l2d.preprocess import augment, normalise
 
 # Also summed, never logged: steps whose gradients or updated parameters were not finite. A loss

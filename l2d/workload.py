@@ -39,14 +39,6 @@ def share_bounds(min_share, max_share, num_options: int) -> tuple[np.ndarray, np
     return lo, hi
 
 
-def enforced_share_bounds(config) -> tuple[np.ndarray, np.ndarray] | None:
-    """The (lo, hi) shares a whole test split or batch is assigned under with
-    ``--test-workload enforce``, or None for the scores' argmax."""
-    if config.test_workload != "enforce":
-        return None
-    return share_bounds(config.min_share, config.max_share, len(config.train_files) + 1)
-
-
 def _dual_ascent_step(log_q0, lo, hi, state):
     x, x_previous, momentum, iteration, _ = state
     t_next = (1 + jnp.sqrt(1 + 4 * momentum**2)) / 2

@@ -165,9 +165,9 @@ def run_cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProce
 def in_process_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     """(exit code, stderr) of ``l2d ARGV`` run in this process, from the current folder; JAX's
     set-up is left as the tests have it."""
-    from l2d import cli
+    from l2d import cli, jax_runtime
 
-    monkeypatch.setattr(cli, "start_jax", lambda config: None)
+    monkeypatch.setattr(jax_runtime, "start_jax", lambda runtime: None)
     code = cli.main(list(argv))
     return code, capsys.readouterr().err
 
@@ -207,7 +207,7 @@ def load_deferral_system(tracking_uri: str, run_id: str):
 def decoded_test_split(data: dict) -> tuple[list[str], np.ndarray]:
     """The test split's files, in manifest order, and their pixels decoded as training does."""
     from l2d.data.manifest import read_manifest
-    from l2d.trained_system import read_image_files
+    from l2d.serving.trained_system import read_image_files
 
     files = [file for file, _ in read_manifest(data["test_groundtruth"])]
     return files, read_image_files(files, data["test_groundtruth"])

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from l2d.accuracy_coverage import accuracy_coverage_curve
-from l2d.evaluate import evaluate_outputs
+from l2d.evaluation.accuracy_coverage import accuracy_coverage_curve
+from l2d.evaluation.evaluate import evaluate_outputs
 
 # Five inputs, two experts and the classifier (last column); scores, labels and annotations.
 SCORES = np.array([[2.0, 0.0, 1.0],   # expert 0 best, margin -1

@@ -337,11 +337,11 @@ def save_run_config(folder: Path, d: dict, run_id: str, **changes) -> None:
     """``folder/artifacts/<run_id>/config.json`` for dataset ``d``, as a training run saves it."""
     from l2d.config import TrainConfig
 
-    config = TrainConfig(
+    config = TrainConfig.from_dict(dict(
         train_files=tuple(d["train_experts"]), train_groundtruth_file=d["train_groundtruth"],
         test_files=tuple(d["test_experts"]), test_groundtruth_file=d["test_groundtruth"],
         num_classes=3, norm_mean=(0.5, 0.5, 0.5), norm_std=(0.25, 0.25, 0.25), batch_size=4,
-        num_epochs=1, clf_width=4, dfr_width=2, tqdm=False, **changes)
+        num_epochs=1, clf_width=4, dfr_width=2, tqdm=False, **changes))
     (folder / "artifacts" / run_id).mkdir(parents=True)
     config.save(folder / "artifacts" / run_id / "config.json")
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2d.evaluate import available_options, route, system_predictions
+from l2d.evaluation.evaluate import available_options, route, system_predictions
 from l2d.methods import em
 
 # Two inputs, three classes, two experts. Input 0: expert 0 right, expert 1 wrong.

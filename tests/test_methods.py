@@ -10,6 +10,7 @@ from flax import nnx
 
 from l2d.config import TrainConfig
 from l2d.methods import make_method
+from l2d.methods.base import Problem
 from l2d.methods.ova import ova_surrogate_loss
 from l2d.methods.softmax import softmax_surrogate_loss
 
@@ -65,8 +66,9 @@ def test_ova_loss_stays_finite_for_large_outputs():
 
 
 def method_of(name: str, num_classes: int = 3, num_experts: int = 2):
-    config = TrainConfig(method=name, model="cnn", width=4)
-    return make_method(config, in_channels=3, num_classes=num_classes, num_experts=num_experts)
+    config = TrainConfig.from_dict(dict(method=name, model="cnn", width=4))
+    return make_method(name, config.method_options, Problem(
+        in_channels=3, num_classes=num_classes, num_experts=num_experts))
 
 
 @pytest.mark.parametrize("name", ["softmax", "ova"])

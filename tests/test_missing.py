@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import dump, load, raises_one_line
 
-from l2d.config import TrainConfig
+from l2d.config import EvaluationOptions
 from l2d.data.experts import ExpertSpec, write_experts
 from l2d.data.manifest import MISSING, load_split
+from l2d.evaluation.evaluate import check_test_workload
 from l2d.methods import em
-from l2d.train import check_test_workload
 
 # Two inputs, three classes, two experts. Input 0: expert 0 missing, expert 1 right.
 # Input 1: no annotation at all.
@@ -137,9 +137,9 @@ def test_enforced_bounds_that_the_annotations_cannot_meet_are_refused_before_tra
     truth, experts = tiny_dataset["test_groundtruth"], tiny_dataset["test_experts"]
     dump(experts[0], load(experts[0])[:3])  # Expert 0 annotated 3 of the 10 test images.
     split = load_split(truth, experts, allow_missing=True)
-    config = TrainConfig(train_files=("a", "b"), min_share=(0.3, 0, 0), max_share=(1, 1, 1),
-                         test_workload="enforce")
-    check_test_workload(config, split)  # 3 of 10: just enough.
-    config = TrainConfig(train_files=("a", "b"), min_share=(0.4, 0, 0), test_workload="enforce")
-    raises_one_line(lambda: check_test_workload(config, split), truth,
+    evaluation = EvaluationOptions(min_share=(0.3, 0, 0), max_share=(1, 1, 1),
+                                   test_workload="enforce")
+    check_test_workload(evaluation, split)  # 3 of 10: just enough.
+    evaluation = EvaluationOptions(min_share=(0.4, 0, 0), test_workload="enforce")
+    raises_one_line(lambda: check_test_workload(evaluation, split), truth,
                     "--test-workload enforce", "cannot meet the workload bounds")

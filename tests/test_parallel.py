@@ -11,7 +11,7 @@ import pytest
 from conftest import cli_env, free_port, make_dataset
 from mlflow import MlflowClient
 
-from l2d import metrics
+from l2d.evaluation import metrics
 from l2d.methods import em
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -9,14 +9,13 @@ from matplotlib.image import imread
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from l2d import metrics
-from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
+from l2d.evaluation import metrics
+from l2d.evaluation.accuracy_coverage import CURVE_FILE
+from l2d.evaluation.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
 from l2d.methods import METHODS, em
-from l2d.methods.base import EXPERTS_TAG, MEASUREMENTS_TAG, TRAIN_COVERAGE
-from l2d.methods.one_network import SURROGATE_LOSS
-from l2d.plot import latest_per_step, method_plots, plot_runs, read_run, run_label
-from l2d.tracking import MlflowTracker
+from l2d.methods.options import SURROGATE_LOSS, TRAIN_COVERAGE
+from l2d.tracking import EXPERTS_TAG, MEASUREMENTS_TAG, MlflowTracker, open_store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 4
@@ -92,7 +91,8 @@ def store(tmp_path_factory):
 
 def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
     output = tmp_path / "new" / "plots"
-    paths = plot_runs(store.uri, [store.finished, store.killed], output, log_artifacts=True)
+    paths = plot_runs(open_store(store.uri), [store.finished, store.killed], output,
+                      log_artifacts=True)
     assert [p.name for p in paths] == [
         "test_accuracy.png", "test_coverage.png", "train_coverage.png",
         "accuracy_coverage_auc.png", "loss_clf.png", "loss_dfr.png", "accuracy_coverage.png"]
@@ -113,7 +113,7 @@ def test_plots_are_real_pngs_and_are_logged_to_every_run(store, tmp_path):
 
 
 def test_without_log_artifacts_nothing_is_logged(store, tmp_path):
-    plot_runs(store.uri, [store.quiet], tmp_path, log_artifacts=False)
+    plot_runs(open_store(store.uri), [store.quiet], tmp_path, log_artifacts=False)
     # Six metric plots and the curves: without the measurements tag (a run logged before it
     # existed) the plots are those of the measurements it logged.
     assert len(list(tmp_path.glob("*.png"))) == 7
@@ -133,7 +133,7 @@ def test_a_resumed_epoch_counts_once_with_its_last_value(store):
 
 
 def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(store, tmp_path):
-    paths = plot_runs(store.uri, [store.finished, store.surrogate], tmp_path,
+    paths = plot_runs(open_store(store.uri), [store.finished, store.surrogate], tmp_path,
                       log_artifacts=False)
     assert [p.name for p in paths] == [
         "test_accuracy.png", "test_coverage.png", "train_coverage.png",
@@ -141,7 +141,7 @@ def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(sto
         "accuracy_coverage.png"]
     # Nothing is logged unless asked; asked, each run gets only its own method's plots.
     assert not store.client.list_artifacts(store.surrogate, "plots")
-    plot_runs(store.uri, [store.finished, store.surrogate], tmp_path / "logged",
+    plot_runs(open_store(store.uri), [store.finished, store.surrogate], tmp_path / "logged",
               log_artifacts=True)
     logged = {a.path for a in store.client.list_artifacts(store.surrogate, "plots")}
     assert "plots/loss_surrogate.png" in logged and "plots/loss_clf.png" not in logged
@@ -152,7 +152,7 @@ def test_runs_of_different_methods_share_the_common_plots_and_keep_their_own(sto
 def test_a_run_without_its_accuracy_coverage_curve_is_named(store, tmp_path):
     with pytest.raises(L2DError, match=rf"run {store.no_curve}: no readable artifact "
                                        r"accuracy_coverage.json"):
-        plot_runs(store.uri, [store.no_curve], tmp_path)
+        plot_runs(open_store(store.uri), [store.no_curve], tmp_path)
 
 
 def test_the_accuracy_plots_reference_the_classifier_and_each_expert_alone(store, tmp_path):
@@ -169,7 +169,7 @@ def test_the_accuracy_plots_reference_the_classifier_and_each_expert_alone(store
     assert references == {"classifier alone": ([1, 2, 3, 4], pytest.approx([0.1, 0.2, 0.3, 0.4])),
                           "expert ann alone": ([1, 2, 3, 4], [0.6] * 4),
                           "expert bob alone": ([1, 2, 3, 4], [0.7] * 4)}
-    assert len(plot_runs(store.uri, [run_id], tmp_path)) == 7
+    assert len(plot_runs(open_store(store.uri), [run_id], tmp_path)) == 7
 
 
 def test_latest_per_step_keeps_the_point_logged_last():
@@ -191,7 +191,7 @@ def test_label_falls_back_to_the_id_and_shortens_descriptions():
 
 def test_unknown_run_id_is_a_one_line_error_naming_it_and_the_store(store, tmp_path):
     with pytest.raises(L2DError) as error:
-        plot_runs(store.uri, [store.finished, "f" * 32], tmp_path / "out")
+        plot_runs(open_store(store.uri), [store.finished, "f" * 32], tmp_path / "out")
     message = str(error.value)
     assert "f" * 32 in message and store.uri in message and "\n" not in message
     assert not (tmp_path / "out").exists()
@@ -199,29 +199,30 @@ def test_unknown_run_id_is_a_one_line_error_naming_it_and_the_store(store, tmp_p
 
 def test_missing_metric_history_is_named(store, tmp_path):
     with pytest.raises(L2DError, match=rf"run {store.partial}: no metric '{em.GATE_LOSS}'"):
-        plot_runs(store.uri, [store.partial], tmp_path)
+        plot_runs(open_store(store.uri), [store.partial], tmp_path)
     assert store.client.list_artifacts(store.partial, "plots") == []
 
 
 def test_a_run_without_its_method_is_refused(store, tmp_path):
     with pytest.raises(L2DError, match=rf"^run {store.no_method}: no param 'method'; "):
-        plot_runs(store.uri, [store.no_method], tmp_path)
+        plot_runs(open_store(store.uri), [store.no_method], tmp_path)
 
 
 def test_unwritable_output_folder_is_a_one_line_error(store, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(L2DError, match=rf"^{blocker}/plots: cannot write plots there \("):
-        plot_runs(store.uri, [store.finished], blocker / "plots", log_artifacts=False)
+        plot_runs(open_store(store.uri), [store.finished], blocker / "plots",
+                  log_artifacts=False)
 
 
 def test_a_missing_sqlite_store_is_not_created(tmp_path):
     database = tmp_path / "typo.db"
     with pytest.raises(L2DError, match="does not exist"):
-        plot_runs(f"sqlite:///{database}", ["0" * 32], tmp_path / "out")
+        plot_runs(open_store(f"sqlite:///{database}"), ["0" * 32], tmp_path / "out")
     assert not database.exists()
 
 
 def test_no_run_ids_is_an_error(store, tmp_path):
     with pytest.raises(L2DError, match="no run ids"):
-        plot_runs(store.uri, [], tmp_path)
+        plot_runs(open_store(store.uri), [], tmp_path)

@@ -33,12 +33,12 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from l2d import metrics, train
+from l2d import training
 from l2d.data.manifest import load_split, read_manifest
 from l2d.errors import Interrupted
+from l2d.evaluation import metrics
 from l2d.methods import em
-from l2d.methods.base import TRAIN_COVERAGE
-from l2d.methods.one_network import SURROGATE_LOSS
+from l2d.methods.options import SURROGATE_LOSS, TRAIN_COVERAGE
 from l2d.signals import StopRequests
 
 
@@ -354,8 +354,8 @@ def test_ctrl_c_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(
         dataset, tmp_path, monkeypatch, capsys, straight_run):
     monkeypatch.chdir(tmp_path)
     # Global step 7 is the third of epoch 2; epoch 1's checkpoint is older.
-    monkeypatch.setattr(train, "make_train_step",
-                        interrupting(train.make_train_step, after_step=7))
+    monkeypatch.setattr(training, "make_train_step",
+                        interrupting(training.make_train_step, after_step=7))
     code, stderr = in_process_cli(monkeypatch, capsys, *train_argv(dataset, *RESUMED_FLAGS)[3:])
     assert code == 130
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -467,12 +467,12 @@ def test_a_second_signal_stops_at_once():
 
 def test_a_long_run_says_how_long_it_will_take(capsys):
     # Resumed after 10 of 15 steps: 5 steps in 30 s, then 22 s of evaluation.
-    train.report_duration(1, train_seconds=30.0, eval_seconds=22.0, steps_trained=5,
+    training.report_duration(1, train_seconds=30.0, eval_seconds=22.0, steps_trained=5,
                           steps_per_epoch=15, epochs_left=100)
     assert capsys.readouterr().err == (
         "l2d: epoch 1 took 112 s on the cpu; the 99 epochs left take about 3.1 h at this pace "
         "(the README's \"Training\" shows CPU-sized networks)\n")
     # A short one says nothing.
-    train.report_duration(1, train_seconds=1.0, eval_seconds=0.1, steps_trained=15,
+    training.report_duration(1, train_seconds=1.0, eval_seconds=0.1, steps_trained=15,
                           steps_per_epoch=15, epochs_left=100)
     assert capsys.readouterr().err == ""

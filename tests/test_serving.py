@@ -35,9 +35,10 @@ from mlflow import MlflowClient
 from PIL import Image
 
 import l2d
-from l2d import cli, metrics
-from l2d.methods.base import MEASUREMENTS_TAG
-from l2d.plot import CURVE_PLOT, method_plots
+from l2d import cli
+from l2d.evaluation import metrics
+from l2d.evaluation.plot import CURVE_PLOT, method_plots
+from l2d.tracking import MEASUREMENTS_TAG
 
 NUM_EXPERTS = 2
 EXPERTS = ("ann", "bob")  # --expert-names

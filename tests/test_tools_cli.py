@@ -69,8 +69,8 @@ def test_tool_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_plot_command_writes_pngs_of_a_logged_run(tmp_path, capsys, monkeypatch):
     from mlflow import MlflowClient
 
-    from l2d.accuracy_coverage import CURVE_FILE
-    from l2d.plot import method_plots
+    from l2d.evaluation.accuracy_coverage import CURVE_FILE
+    from l2d.evaluation.plot import method_plots
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -13,8 +13,7 @@ PROTOCOL_METHODS = [name for name, member in vars(Tracker).items()
 def test_the_protocol_names_what_training_uses():
     assert set(PROTOCOL_METHODS) == {"run", "run_exists", "run_status", "run_url", "log_params",
                                      "log_metrics",
-                                     "log_dict", "log_dict_to", "set_tags", "log_dataset",
-                                     "log_deferral_system", "log_plots"}
+                                     "log_dict", "log_dict_to", "set_tags", "log_dataset"}
 
 
 @pytest.mark.parametrize("tracker", [MlflowTracker, NullTracker])

@@ -1,7 +1,6 @@
 """The training step of every method: compiles once, updates every network, runs each network
 once, and for EM reproduces what main's two optimizers gave before the method interface."""
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -12,9 +11,10 @@ from flax import nnx
 
 from l2d.config import TrainConfig
 from l2d.methods import METHODS, em, make_method
-from l2d.methods.base import TRAIN_COVERAGE
+from l2d.methods.base import Problem
+from l2d.methods.options import TRAIN_COVERAGE
 from l2d.parallel import data_parallel
-from l2d.system import build_state
+from l2d.train_state import build_state
 from l2d.train_step import make_train_step, zero_train_totals
 
 NUM_CLASSES, NUM_EXPERTS, BATCH = 3, 2, 4
@@ -25,8 +25,8 @@ EM_REFERENCE = Path(__file__).parent / "data" / "em_reference_da18109.npz"
 
 
 def tiny_config(**changes) -> TrainConfig:
-    return dataclasses.replace(
-        TrainConfig(clf_width=4, dfr_width=2, width=2, batch_size=BATCH, seed=1), **changes)
+    return TrainConfig.from_dict(
+        {"clf_width": 4, "dfr_width": 2, "width": 2, "batch_size": BATCH, "seed": 1, **changes})
 
 
 def random_batch(seed: int) -> dict[str, np.ndarray]:
@@ -41,10 +41,11 @@ def random_batch(seed: int) -> dict[str, np.ndarray]:
 def make(config: TrainConfig):
     """(method, graphdef, state, step) placed as ``l2d.train`` places them (state replicated)."""
     parallel = data_parallel()
-    method = make_method(config, in_channels=3, num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS)
-    graphdef, state = build_state(method, config, total_steps=10)
-    step = make_train_step(graphdef, method=method, seed=config.seed,
-                           augment_images=config.augment, channel_mean=jnp.full(3, 0.5),
+    method = make_method(config.method, config.method_options, Problem(
+        in_channels=3, num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))
+    graphdef, state = build_state(method, config.training, total_steps=10)
+    step = make_train_step(graphdef, method=method, seed=config.training.seed,
+                           augment_images=config.data.augment, channel_mean=jnp.full(3, 0.5),
                            channel_std=jnp.full(3, 0.25), replicated=parallel.replicated)
     return method, graphdef, parallel.replicate(state), step
 
@@ -102,9 +103,9 @@ def test_em_reproduces_the_two_optimizer_step_of_main():
     reference = np.load(EM_REFERENCE)
     # The configuration the reference was recorded with (cnn classifier and gate, MC E-step
     # and augmentation, so that the per-step keys are pinned too).
-    config = TrainConfig(clf_model="cnn", clf_width=4, dfr_model="cnn", dfr_width=3,
-                         batch_size=BATCH, seed=1, lr=0.05, augment=True, e_step="mc",
-                         mc_samples=4)
+    config = TrainConfig.from_dict(dict(clf_model="cnn", clf_width=4, dfr_model="cnn",
+                                        dfr_width=3, batch_size=BATCH, seed=1, lr=0.05,
+                                        augment=True, e_step="mc", mc_samples=4))
     method, graphdef, state, step = make(config)
     model, optimizer = nnx.merge(graphdef, state)
     flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
@@ -144,19 +145,20 @@ def test_same_seed_same_result_different_seed_different_result():
 
 
 def test_every_registered_method_has_its_flags_declared():
-    from l2d.config import METHOD_FIELDS
+    from l2d.options import MethodOptions
 
-    assert set(METHODS) == set(METHOD_FIELDS)
-    assert all(METHODS[name].name == name for name in METHODS)
+    assert all(issubclass(entry.options, MethodOptions) and entry.options.declared()
+               for entry in METHODS.values())
+    assert all(METHODS[name].implementation().name == name for name in METHODS)
 
 
 def test_optimizer_decays_kernels_only_and_decays_the_learning_rate_to_zero():
-    from l2d.system import make_optimizer
+    from l2d.train_state import make_optimizer
 
     config = tiny_config(lr=0.1, momentum=0.0, weight_decay=0.5)
     params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones(2)},
               "norm": {"scale": jnp.ones(2)}}
-    tx = make_optimizer(config, total_steps=4)
+    tx = make_optimizer(config.training, total_steps=4)
     state = tx.init(params)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, state = tx.update(zero, state, params)

@@ -1,6 +1,6 @@
-"""The folder of a trained system (``l2d.trained_system``): names, weights, scores and routing."""
+"""The folder of a trained system (``l2d.serving.trained_system``): names, weights, scores and
+routing."""
 
-import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -8,25 +8,25 @@ import numpy as np
 from conftest import raises_one_line
 from flax import nnx
 
-from l2d.config import TrainConfig, expert_names
-from l2d.evaluate import decide_on_images
-from l2d.methods import make_method
-from l2d.trained_system import TrainedSystem, padded_size, save_system
+from l2d.config import DataOptions, TrainConfig
+from l2d.evaluation.evaluate import decide_on_images
+from l2d.serving.trained_system import TrainedSystem, padded_size, save_system
+from l2d.train_state import method_of
 
 SHAPE = (4, 4, 1)
 
 
 def tiny_config(tmp_path, **changes) -> TrainConfig:
     groundtruth = tmp_path / "train_groundtruth.json"
-    return TrainConfig(
+    return TrainConfig.from_dict(dict(
         train_files=("experts/alice.json", "experts/bob.json"),
         train_groundtruth_file=str(groundtruth), num_classes=3, image_shape=SHAPE,
         clf_width=2, dfr_model="cnn", dfr_width=2, norm_mean=(0.5,), norm_std=(0.25,),
-        **changes)
+        **changes))
 
 
 def saved(tmp_path, config):
-    method = make_method(config, in_channels=1, num_classes=3, num_experts=2)
+    method = method_of(config)
     model = method.create_model(nnx.Rngs(params=0))
     save_system(tmp_path / "system", config, nnx.state(model))
     return method, model, TrainedSystem(tmp_path / "system")
@@ -34,7 +34,7 @@ def saved(tmp_path, config):
 
 def test_expert_names_are_the_manifest_names_made_unique_unless_named():
     def names(files, given=None):
-        return expert_names(TrainConfig(train_files=tuple(files), expert_names=given))
+        return DataOptions(train_files=tuple(files), expert_names=given).experts()
 
     assert names(["a/alice.json", "b/bob.json"]) == ["alice", "bob"]
     assert names(["a/x.json", "b/x.json"]) == ["0:x", "1:x"]
@@ -74,7 +74,7 @@ def test_weights_of_other_networks_and_missing_bounds_are_one_line_errors(tmp_pa
                     "trained without --max-share or --min-share")
     raises_one_line(lambda: system.check_images(np.zeros((1, 4, 4, 1), np.float32)),
                     "an array of float32 and shape (1, 4, 4, 1)", "expected uint8 images")
-    wider = dataclasses.replace(config, clf_width=3)
+    wider = config.replace(clf_width=3)
     (tmp_path / "system" / "config.json").write_text(json.dumps(wider.to_dict()))
     raises_one_line(lambda: TrainedSystem(tmp_path / "system"), "weights.npz",
                     "weights do not fit the model of config.json", "of shape")

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from l2d.config import TrainConfig
+from l2d.config import DataOptions, RuntimeOptions
 from l2d.data.images import DecodedImages, decode_all
 from l2d.data.manifest import SplitRecords, check_labels, infer_num_classes, load_split
 from l2d.errors import L2DError
@@ -26,34 +26,36 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return self.train_images.shape
 
-    def normalisation(self, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (mean, std): the flags when given, else the training set's statistics."""
+    def normalisation(self, norm_mean, norm_std) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (mean, std): ``--norm-mean`` and ``--norm-std`` when given, else the
+        training set's statistics."""
         channels = self.image_shape[-1]
-        if config.norm_mean is None:
+        if norm_mean is None:
             return self.train_images.channel_mean, self.train_images.channel_std
-        if len(config.norm_mean) != channels:
+        if len(norm_mean) != channels:
             raise L2DError(
-                f"--norm-mean={','.join(map(str, config.norm_mean))}: {len(config.norm_mean)} "
+                f"--norm-mean={','.join(map(str, norm_mean))}: {len(norm_mean)} "
                 f"values, but the images of {self.train.groundtruth_path} have {channels} channels")
-        return (np.asarray(config.norm_mean, np.float32), np.asarray(config.norm_std, np.float32))
+        return np.asarray(norm_mean, np.float32), np.asarray(norm_std, np.float32)
 
 
-def load_test_split(config: TrainConfig, num_classes: int) -> tuple[SplitRecords, DecodedImages]:
+def load_test_split(data: DataOptions, runtime: RuntimeOptions, num_classes: int, *,
+                    allow_missing: bool) -> tuple[SplitRecords, DecodedImages]:
     """The test manifests of a run whose number of classes is known, checked and decoded."""
-    test = load_split(config.test_groundtruth_file, config.test_files,
-                      allow_missing=config.allow_missing_annotations)
+    test = load_split(data.test_groundtruth_file, data.test_files, allow_missing=allow_missing)
     check_labels(test, num_classes)
-    return test, decode_all(test, num_threads=config.num_threads, keep=config.cache_images)
+    return test, decode_all(test, num_threads=runtime.num_threads, keep=runtime.cache_images)
 
 
-def load_dataset(config: TrainConfig) -> Dataset:
-    """Read, align and check every manifest of both splits, then decode every image once."""
-    train = load_split(config.train_groundtruth_file, config.train_files,
-                       allow_missing=config.allow_missing_annotations)
-    num_classes = infer_num_classes(train, config.num_classes)
+def load_dataset(data: DataOptions, runtime: RuntimeOptions, *, allow_missing: bool) -> Dataset:
+    """Read, align and check every manifest of both splits, then decode every image once;
+    ``allow_missing``: expert manifests may lack annotations."""
+    train = load_split(data.train_groundtruth_file, data.train_files,
+                       allow_missing=allow_missing)
+    num_classes = infer_num_classes(train, data.num_classes)
     check_labels(train, num_classes)
-    train_images = decode_all(train, num_threads=config.num_threads, keep=config.cache_images)
-    test, test_images = load_test_split(config, num_classes)
+    train_images = decode_all(train, num_threads=runtime.num_threads, keep=runtime.cache_images)
+    test, test_images = load_test_split(data, runtime, num_classes, allow_missing=allow_missing)
     if train_images.shape != test_images.shape:
         raise L2DError(
             f"{test.groundtruth_path}: images are {test_images.shape} (HxWxC) but those of "

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from l2d.config import TrainConfig
 from l2d.data.experts import ExpertSpec, write_experts
 from l2d.errors import L2DError
 
+DEMO_EPOCHS = 15
 TEST_SHARE = 0.2
 SPECIALTIES = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 # Written last: its presence means the folder holds a complete dataset.
@@ -79,3 +81,19 @@ def build_demo_dataset(folder: Path, *, seed: int = 0) -> dict[str, list[str] | 
             manifests[f"{split}_experts"].append(result["path"])
     (folder / COMPLETE_MARKER).write_text(json.dumps(manifests, indent=2))
     return manifests
+
+
+def demo_config(manifests: dict, *, num_epochs: int, seed: int) -> TrainConfig:
+    """The demo's run: small networks and EM in which the classifier learns from every input
+    (weighting it by its posterior starves it into a collapse to coverage 0) and each expert
+    takes at most 40% of the inputs, so that the classifier keeps the share it is good at."""
+    return TrainConfig.from_dict({
+        "experiment_name": "l2d-demo", "run_description": "digits demo, two specialist experts",
+        "train_files": manifests["train_experts"],
+        "train_groundtruth_file": manifests["train_groundtruth"],
+        "test_files": manifests["test_experts"],
+        "test_groundtruth_file": manifests["test_groundtruth"],
+        "expert_names": ("digits_0-4", "digits_5-9"),
+        "clf_width": 8, "dfr_width": 8, "batch_size": 64, "lr": 0.05, "num_epochs": num_epochs,
+        "seed": seed, "clf_weighting": "uniform", "max_share": (0.4, 0.4, 1.0),
+    }).validate()

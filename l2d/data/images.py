@@ -95,6 +95,9 @@ def raise_shape_error(split: SplitRecords, row: int, shape, expected) -> None:
     )
 
 
+# The image files MLX-Data's decoder (stb_image) reads, by suffix (any case): what `l2d prepare`
+# takes from a folder and `l2d predict --images` routes.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pnm", ".ppm", ".pgm")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from l2d.annotations import MISSING
 from l2d.errors import L2DError
 
-# The expert label of an annotation that is not there (the same value as l2d.methods.base's,
-# which the data layer does not import: it would pull in JAX).
-MISSING = -1
 _INT32_MAX = np.iinfo(np.int32).max
 
 

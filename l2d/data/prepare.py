@@ -18,8 +18,8 @@ Layout of the (unpacked) root, after stepping into a single wrapping folder if t
 Class order: numeric if every class folder name is a non-negative integer ("2" before "10"),
 otherwise Python's string order; a class's label is its position in that order.
 
-Images are the files ending in .png .jpg .jpeg .bmp .gif (any case), at any depth below a class
-folder; other files are ignored and counted. Names starting with "." are skipped. Every image is
+Images are the files ending in ``l2d.data.images.IMAGE_SUFFIXES`` (any case), at any depth below
+a class folder; other files are ignored and counted. Names starting with "." are skipped. Every image is
 decoded once (``l2d.data.images.decode_all``) so that an unreadable image, or one whose shape
 differs from the others, is reported now, naming the file. Manifests are written only when
 everything is valid, under temporary names renamed at the end: a failed run writes no manifest.
@@ -38,11 +38,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from l2d.data.images import decode_all
+from l2d.data.images import IMAGE_SUFFIXES, decode_all
 from l2d.data.manifest import SplitRecords
 from l2d.errors import L2DError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 UNPACK_FOLDER = "images"  # an archive is unpacked into output/images/
 # Written into the unpack folder before it gets its final name: its presence means "complete".
@@ -303,14 +302,14 @@ class _Scanner:
                     self.ignored += 1
         if not found:
             raise L2DError(f"{class_folder}: class folder has no images "
-                           f"({' '.join(sorted(IMAGE_EXTENSIONS))})")
+                           f"({' '.join(sorted(IMAGE_SUFFIXES))})")
         prefix = len(str(class_folder)) + 1
         found.sort(key=lambda path: path[prefix:].split(os.sep))
         return found
 
 
 def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _stratified_split(per_class: list[list[str]], test_share: float,

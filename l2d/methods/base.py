@@ -1,6 +1,9 @@
 """The interface every learning-to-defer method implements; nothing outside ``l2d/methods``
 knows which method runs.
 
+A method is built as ``Method(options, problem)``: its own options (``l2d.methods.options``)
+and the ``Problem`` it is built for.
+
 Notation: C classes, K experts. A method owns its network(s) and its loss; the rest of l2d
 (training step, evaluation, checkpoints, tracking, plots) only uses what is declared here:
 
@@ -18,6 +21,7 @@ Notation: C classes, K experts. A method owns its network(s) and its loss; the r
   answer when it keeps an input.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -25,18 +29,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# An expert label that is not there (--allow-missing-annotations).
-MISSING = -1
+from l2d.options import MethodOptions
 
-# The MLflow tag of a run that lists (comma-separated) the training measurements it reports.
-MEASUREMENTS_TAG = "measurements"
-# The run's tag with its experts' names (a JSON list, in --train-files order).
-EXPERTS_TAG = "experts"
 
-# Every method reports this training measurement (see ``training_coverage``).
-TRAIN_COVERAGE = "coverage/train"
-TRAIN_COVERAGE_DESCRIPTION = (
-    "Training coverage (training-mode network on the training batches, augmented if --augment)")
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What a method is built for, besides its own options."""
+
+    in_channels: int
+    num_classes: int
+    num_experts: int
+    # Precision of activations and matrix products (``--compute-dtype``).
+    compute_dtype: str = "float32"
+    # The workload bounds as given (K + 1 shares each, or None); EM's E-step reads them.
+    min_share: tuple[float, ...] | None = None
+    max_share: tuple[float, ...] | None = None
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.compute_dtype)
 
 
 class Method(Protocol):
@@ -44,13 +55,11 @@ class Method(Protocol):
 
     # The --method name, recorded in the config and in every checkpoint.
     name: ClassVar[str]
-    # Training measurements returned by ``loss``: MLflow metric name -> plot title. The class
-    # lists every one the method may report; an instance may report a subset.
-    measurements: ClassVar[Mapping[str, str]]
+    # Training measurements returned by ``loss``: MLflow metric name -> plot title (a subset
+    # of the registry's, e.g. EM's annotation loss only with an annotation network).
+    measurements: Mapping[str, str]
 
-    @classmethod
-    def from_config(cls, config: Any, *, in_channels: int, num_classes: int,
-                    num_experts: int) -> "Method": ...
+    def __init__(self, options: MethodOptions, problem: Problem): ...
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
 

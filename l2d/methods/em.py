@@ -17,29 +17,28 @@ The pure ``jnp`` functions come first; ``EM`` puts them behind the method interf
 """
 
 import dataclasses
+import functools
 from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import (
-    MISSING,
+from l2d.annotations import MISSING
+from l2d.methods.base import Problem, training_coverage
+from l2d.methods.options import (
+    ANNOTATION_LOSS,
+    CLF_LOSS,
+    EM_MEASUREMENTS,
+    GATE_LOSS,
     TRAIN_COVERAGE,
-    TRAIN_COVERAGE_DESCRIPTION,
-    training_coverage,
+    EMOptions,
 )
 from l2d.models import build_model
 from l2d.workload import project_log_posterior, share_bounds
 
 EStep = Literal["exact", "mc"]
 ClassifierWeighting = Literal["posterior", "uniform"]
-MissingMode = Literal["exclude", "model"]
-
-# EM's training measurements besides the shared coverage/train.
-CLF_LOSS = "loss/clf"
-GATE_LOSS = "loss/dfr"
-ANNOTATION_LOSS = "loss/annotation"  # Only with --missing model.
 
 
 def present(expert_labels: jax.Array) -> jax.Array:
@@ -172,7 +171,7 @@ def annotation_loss(annotation_logits: jax.Array, expert_labels: jax.Array) -> j
     return jnp.sum(jnp.where(observed, nll, 0.0)) / jnp.maximum(jnp.sum(observed), 1)
 
 
-class DeferralSystem(nnx.Module):
+class EMNetworks(nnx.Module):
     """A classifier f over C classes and a gating model g over K experts + the classifier.
 
     The gate's last output (index K) is the classifier, the first K are the experts. With
@@ -196,39 +195,20 @@ class EM:
     """
 
     name: ClassVar[str] = "em"
-    # Every measurement EM may report; an instance reports ANNOTATION_LOSS only with an
-    # annotation network (see __post_init__).
-    measurements: ClassVar[dict[str, str]] = {
-        CLF_LOSS: "Classifier loss (training)",
-        GATE_LOSS: "Gating (deferral) loss (training)",
-        ANNOTATION_LOSS: "Annotation network loss (training, --missing model)",
-        TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
-    }
 
-    in_channels: int
-    num_classes: int
-    num_experts: int
-    clf_model: str
-    clf_width: int | None
-    gate_model: str
-    gate_width: int | None
-    e_step: EStep
-    mc_samples: int
-    expert_smoothing: float
-    clf_weighting: ClassifierWeighting
-    # (min_share, max_share) as given, each None or K + 1 shares.
-    workload: tuple[tuple[float, ...] | None, tuple[float, ...] | None] = (None, None)
-    # None: every annotation is present; else the --missing mode.
-    missing: MissingMode | None = None
-    ann_model: str = "cnn"
-    ann_width: int | None = None
-    dtype: jnp.dtype = jnp.float32
+    options: EMOptions
+    problem: Problem
 
-    def __post_init__(self):
-        if not self.models_annotations:
-            object.__setattr__(self, "measurements", {
-                name: title for name, title in EM.measurements.items()
-                if name != ANNOTATION_LOSS})
+    @property
+    def measurements(self) -> dict[str, str]:
+        """EM's measurements; the annotation loss only with an annotation network."""
+        return {name: title for name, title in EM_MEASUREMENTS.items()
+                if name != ANNOTATION_LOSS or self.models_annotations}
+
+    @property
+    def missing(self) -> str | None:
+        """None: every annotation is present; else the --missing mode."""
+        return self.options.missing if self.options.allow_missing_annotations else None
 
     @property
     def models_annotations(self) -> bool:
@@ -236,51 +216,43 @@ class EM:
 
     @property
     def bounded(self) -> bool:
-        return self.workload != (None, None)
+        return (self.problem.min_share, self.problem.max_share) != (None, None)
 
-    @classmethod
-    def from_config(cls, config, *, in_channels: int, num_classes: int, num_experts: int) -> "EM":
-        return cls(in_channels=in_channels, num_classes=num_classes, num_experts=num_experts,
-                   clf_model=config.clf_model, clf_width=config.clf_width,
-                   gate_model=config.dfr_model, gate_width=config.dfr_width,
-                   e_step=config.e_step, mc_samples=config.mc_samples,
-                   expert_smoothing=config.expert_smoothing, clf_weighting=config.clf_weighting,
-                   workload=(config.min_share, config.max_share),
-                   missing=config.missing if config.allow_missing_annotations else None,
-                   ann_model=config.ann_model, ann_width=config.ann_width,
-                   dtype=jnp.dtype(config.compute_dtype))
-
-    def create_model(self, rngs: nnx.Rngs) -> DeferralSystem:
-        return DeferralSystem(
-            classifier=build_model(self.clf_model, in_channels=self.in_channels, dtype=self.dtype,
-                                   num_outputs=self.num_classes, width=self.clf_width, rngs=rngs),
-            gate=build_model(self.gate_model, in_channels=self.in_channels, dtype=self.dtype,
-                             num_outputs=self.num_experts + 1, width=self.gate_width, rngs=rngs),
-            annotator=build_model(
-                self.ann_model, in_channels=self.in_channels, dtype=self.dtype,
-                num_outputs=self.num_experts * self.num_classes, width=self.ann_width,
-                rngs=rngs) if self.models_annotations else None,
+    def create_model(self, rngs: nnx.Rngs) -> EMNetworks:
+        options, problem = self.options, self.problem
+        build = functools.partial(build_model, in_channels=problem.in_channels,
+                                  dtype=problem.dtype, rngs=rngs)
+        return EMNetworks(
+            classifier=build(options.clf_model, num_outputs=problem.num_classes,
+                             width=options.clf_width),
+            gate=build(options.dfr_model, num_outputs=problem.num_experts + 1,
+                       width=options.dfr_width),
+            annotator=build(options.ann_model,
+                            num_outputs=problem.num_experts * problem.num_classes,
+                            width=options.ann_width) if self.models_annotations else None,
         )
 
-    def loss(self, model: DeferralSystem, inputs, batch, key):
+    def loss(self, model: EMNetworks, inputs, batch, key):
+        options, problem = self.options, self.problem
         clf_logits = model.classifier(inputs)
         gate_logits = model.gate(inputs)
         expert_labels = batch["expert_labels"]
         annotation_logits = None
         if self.models_annotations:
             annotation_logits = model.annotator(inputs).reshape(
-                -1, self.num_experts, self.num_classes)
+                -1, problem.num_experts, problem.num_classes)
         bounds = None
         if self.bounded:
-            bounds = tuple(jnp.asarray(share, jnp.float32)
-                           for share in share_bounds(*self.workload, self.num_experts + 1))
+            bounds = tuple(jnp.asarray(share, jnp.float32) for share in share_bounds(
+                problem.min_share, problem.max_share, problem.num_experts + 1))
         q = e_step(gate_logits, clf_logits, expert_labels, batch["label"],
-                   num_classes=self.num_classes, smoothing=self.expert_smoothing,
-                   method=self.e_step, mc_samples=self.mc_samples, key=key,
+                   num_classes=problem.num_classes, smoothing=options.expert_smoothing,
+                   method=options.e_step, mc_samples=options.mc_samples, key=key,
                    bounds=bounds, annotation_logits=(
                        None if annotation_logits is None
                        else jax.lax.stop_gradient(annotation_logits)))
-        clf_loss = classifier_loss(clf_logits, batch["label"], q, weighting=self.clf_weighting)
+        clf_loss = classifier_loss(clf_logits, batch["label"], q,
+                                   weighting=options.clf_weighting)
         options = self.gate_options(expert_labels)
         gate_loss = gating_loss(gate_logits, q, options)
         # The networks share no parameters, so the gradient of the sum gives each network
@@ -298,5 +270,5 @@ class EM:
         all of them otherwise (None)."""
         return available_options(expert_labels) if self.missing == "exclude" else None
 
-    def decide(self, model: DeferralSystem, inputs):
+    def decide(self, model: EMNetworks, inputs):
         return model.gate(inputs), model.classifier(inputs)

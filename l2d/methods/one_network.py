@@ -14,10 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION, training_coverage
+from l2d.methods.base import Problem, training_coverage
+from l2d.methods.options import (
+    SURROGATE_LOSS,
+    SURROGATE_MEASUREMENTS,
+    TRAIN_COVERAGE,
+    OneNetworkOptions,
+)
 from l2d.models import build_model
-
-SURROGATE_LOSS = "loss/surrogate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,22 +29,14 @@ class OneNetworkMethod:
     """Base of the surrogate methods; subclasses set ``name`` and ``surrogate_loss``."""
 
     name: ClassVar[str]
-    measurements: ClassVar[dict[str, str]] = {
-        SURROGATE_LOSS: "Surrogate loss (training)",
-        TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
-    }
+    measurements: ClassVar[dict[str, str]] = SURROGATE_MEASUREMENTS
 
-    in_channels: int
-    num_classes: int
-    num_experts: int
-    model: str
-    width: int | None
-    dtype: jnp.dtype = jnp.float32
+    options: OneNetworkOptions
+    problem: Problem
 
-    @classmethod
-    def from_config(cls, config, *, in_channels: int, num_classes: int, num_experts: int):
-        return cls(in_channels=in_channels, num_classes=num_classes, num_experts=num_experts,
-                   model=config.model, width=config.width, dtype=jnp.dtype(config.compute_dtype))
+    @property
+    def num_classes(self) -> int:
+        return self.problem.num_classes
 
     @staticmethod
     def surrogate_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax.Array,
@@ -49,9 +45,10 @@ class OneNetworkMethod:
         raise NotImplementedError
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return build_model(self.model, in_channels=self.in_channels, dtype=self.dtype,
-                           num_outputs=self.num_classes + self.num_experts, width=self.width,
-                           rngs=rngs)
+        problem = self.problem
+        return build_model(self.options.model, in_channels=problem.in_channels,
+                           dtype=problem.dtype, num_outputs=problem.num_classes
+                           + problem.num_experts, width=self.options.width, rngs=rngs)
 
     def loss(self, model: nnx.Module, inputs, batch, key):
         outputs = model(inputs)

@@ -9,9 +9,9 @@ checkpoint, a manifest of the experts' labels or MLflow.
 
 Images are scored in chunks whose sizes are padded to powers of two, so that a server answering
 requests of any size compiles a handful of programs, not one per size. Routing is that of
-``l2d train --test`` (``l2d.evaluate.route``) with every expert available: each image goes to its
-highest-scored option, or, with ``workload="enforce"``, the whole batch is assigned within the
-run's share bounds.
+``l2d train --test`` (``l2d.evaluation.evaluate.route``) with every expert available: each image
+goes to its highest-scored option, or, with ``workload="enforce"``, the whole batch is assigned
+within the run's share bounds.
 """
 
 import dataclasses
@@ -23,16 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l2d.config import CLASSIFIER, TEST_WORKLOADS, TrainConfig, expert_names
+from l2d.config import CLASSIFIER, TEST_WORKLOADS, DataOptions, TrainConfig
 from l2d.data.images import decode_all
 from l2d.data.manifest import SplitRecords
 from l2d.data.prepare import CLASSES_FILE
 from l2d.errors import L2DError
-from l2d.evaluate import decide_on_images, route
-from l2d.methods import make_method
+from l2d.evaluation.evaluate import decide_on_images, route
+from l2d.preprocess import channel_statistics
+from l2d.run_folder import CONFIG_FILE
+from l2d.train_state import method_of
 from l2d.workload import share_bounds
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
 SYSTEM_FILE = "system.json"
 # ``expert_index`` of an image the classifier keeps.
@@ -43,26 +44,18 @@ EXAMPLE_IMAGES = 2
 MAX_CHUNK = 256
 
 
-def class_names(config: TrainConfig) -> list[str]:
+def class_names(data: DataOptions) -> list[str]:
     """The names of ``classes.json`` beside the training ground truth when it has one per class
     (``l2d prepare`` writes it), else the class indices as text."""
-    path = Path(config.train_groundtruth_file).parent / CLASSES_FILE
+    path = Path(data.train_groundtruth_file).parent / CLASSES_FILE
     try:
         names = json.loads(path.read_text())
     except (OSError, ValueError):
         names = None
-    if (isinstance(names, list) and len(names) == config.num_classes
+    if (isinstance(names, list) and len(names) == data.num_classes
             and all(isinstance(name, str) for name in names)):
         return names
-    return [str(c) for c in range(config.num_classes)]
-
-
-def method_and_abstract_model(config: TrainConfig):
-    """The run's method and its model with shapes and dtypes but no values (nothing is
-    computed)."""
-    method = make_method(config, in_channels=config.image_shape[-1],
-                         num_classes=config.num_classes, num_experts=len(config.train_files))
-    return method, nnx.eval_shape(lambda: method.create_model(nnx.Rngs(params=0)))
+    return [str(c) for c in range(data.num_classes)]
 
 
 def flat_arrays(state) -> dict[str, np.ndarray]:
@@ -79,9 +72,9 @@ def save_system(folder: Path, config: TrainConfig, model_state) -> Path:
     np.savez(folder / WEIGHTS_FILE,
              **{key: np.asarray(value) for key, value in flat_arrays(model_state).items()})
     (folder / SYSTEM_FILE).write_text(json.dumps({
-        "experts": expert_names(config),
-        "classes": class_names(config),
-        "image_shape": list(config.image_shape),
+        "experts": config.data.experts(),
+        "classes": class_names(config.data),
+        "image_shape": list(config.data.image_shape),
         "method": config.method,
     }, indent=2) + "\n")
     return folder
@@ -108,11 +101,12 @@ class TrainedSystem:
         self.classes: list[str] = system["classes"]
         self.image_shape = tuple(system["image_shape"])
         self.options = [*self.experts, CLASSIFIER]
-        method, model = method_and_abstract_model(self.config)
-        graphdef, abstract_state = nnx.split(model)
+        method = method_of(self.config)
+        # Shapes and dtypes only: nothing is computed before the weights are loaded.
+        graphdef, abstract_state = nnx.split(
+            nnx.eval_shape(lambda: method.create_model(nnx.Rngs(params=0))))
         state = load_weights(folder / WEIGHTS_FILE, abstract_state)
-        mean, std = (jnp.asarray(v, jnp.float32)
-                     for v in (self.config.norm_mean, self.config.norm_std))
+        mean, std = channel_statistics(self.config.data.norm_mean, self.config.data.norm_std)
 
         def decide(state, images):
             model = nnx.merge(graphdef, state)
@@ -173,16 +167,16 @@ class TrainedSystem:
               workload: str | None = None) -> Routing:
         """Choose an option per image: the argmax, or with ``workload="enforce"`` the whole
         batch within the run's share bounds (the default: the run's ``--test-workload``)."""
-        workload = workload or self.config.test_workload
+        evaluation = self.config.evaluation
+        workload = workload or evaluation.test_workload
         if workload not in TEST_WORKLOADS:
             raise L2DError(f"workload={workload!r}: choose one of {TEST_WORKLOADS}")
         bounds = None
         if workload == "enforce":
-            if self.config.min_share is None and self.config.max_share is None:
+            if not evaluation.bounded:
                 raise L2DError("workload='enforce': this run was trained without --max-share "
                                "or --min-share, so there are no bounds to enforce")
-            bounds = share_bounds(self.config.min_share, self.config.max_share,
-                                  len(self.options))
+            bounds = share_bounds(evaluation.min_share, evaluation.max_share, len(self.options))
         available = np.ones(scores.shape, bool)
         chosen = route(scores, available, bounds) if len(scores) else np.zeros(0, int)
         return Routing(chosen=chosen, class_prediction=class_prediction, scores=scores)

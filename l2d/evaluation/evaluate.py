@@ -5,11 +5,12 @@ input, the option scores and the classifier's class; they are fetched once per s
 then sees the whole split at once, on the host: each input goes to its highest-scored available
 option (the classifier, and the experts whose annotation the manifest has: an expert without one
 is not there to ask), or, with workload bounds enforced, the split is assigned as a whole
-(``l2d.workload``). Counts are summed over the split and divided once at the end.
+(``l2d.workload``). Counts are summed over the split and divided once at the end
+(``l2d.evaluation.metrics``).
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +18,15 @@ import numpy as np
 from flax import nnx
 from scipy.special import log_softmax
 
-from l2d.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
-from l2d.methods import Method
-from l2d.methods.base import MISSING
+from l2d.annotations import MISSING
+from l2d.config import EvaluationOptions, RuntimeOptions
+from l2d.data.manifest import SplitRecords
+from l2d.data.pipeline import eval_batches
+from l2d.errors import L2DError
+from l2d.evaluation.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
+from l2d.methods.base import Method
 from l2d.preprocess import normalise
-from l2d.workload import assign_with_bounds
+from l2d.workload import assign_with_bounds, share_bounds
 
 
 def make_predict_step(
@@ -79,7 +84,7 @@ def system_predictions(chosen: np.ndarray, class_prediction: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class SplitEvaluation:
-    counts: dict[str, np.ndarray]  # See ``tally``; ``l2d.metrics.summarise`` reads them.
+    counts: dict[str, np.ndarray]  # See ``tally``; ``l2d.evaluation.metrics.summarise`` reads them.
     curve: AccuracyCoverageCurve
     chosen: np.ndarray  # int [N]: the option each input went to (K: the classifier).
 
@@ -108,7 +113,7 @@ def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int
 def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_classes: int,
                      share_bounds=None) -> SplitEvaluation:
     """Route a split's inputs and count; the curve moves inputs between the classifier and its
-    best available expert (see ``l2d.accuracy_coverage``)."""
+    best available expert (see ``l2d.evaluation.accuracy_coverage``)."""
     available = available_options(expert_labels)
     chosen = route(scores, available, share_bounds)
     masked = np.where(available, scores, -np.inf)
@@ -120,3 +125,43 @@ def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_cla
         clf_correct=class_prediction == labels, deferred_correct=best_label == labels)
     counts = tally(chosen, class_prediction, labels, expert_labels, num_classes=num_classes)
     return SplitEvaluation(counts, curve, chosen)
+
+
+def enforced_bounds(evaluation: EvaluationOptions, num_options: int
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (lo, hi) shares a whole test split or batch is assigned under with
+    ``--test-workload enforce``, or None for the scores' argmax."""
+    if evaluation.test_workload != "enforce":
+        return None
+    return share_bounds(evaluation.min_share, evaluation.max_share, num_options)
+
+
+def check_test_workload(evaluation: EvaluationOptions, split: SplitRecords) -> None:
+    """With ``--test-workload enforce``, L2DError before any training or evaluation when the
+    split's annotations cannot meet the bounds (e.g. a minimum share for an expert who
+    annotated fewer inputs)."""
+    bounds = enforced_bounds(evaluation, split.num_experts + 1)
+    if bounds is None:
+        return
+    try:
+        assign_with_bounds(np.zeros((split.num_samples, split.num_experts + 1)), *bounds,
+                           available=available_options(split.expert_labels))
+    except L2DError as error:
+        raise L2DError(f"{split.groundtruth_path}: --test-workload enforce: {error}") from None
+
+
+def evaluate_split(predict_step, state, split: SplitRecords, images, *, num_classes: int,
+                   batch_size: int, runtime: RuntimeOptions, evaluation: EvaluationOptions,
+                   parallel) -> SplitEvaluation:
+    """Route every input of ``split`` (each process feeding its rows of every batch) and count."""
+    batches = eval_batches(split, images, batch_size=batch_size,
+                           prefetch_size=runtime.prefetch_size, num_threads=runtime.num_threads,
+                           shard=parallel.shard)
+    # Fetched once at the end: no host sync per batch. The padding rows come last.
+    outputs = parallel.fetch([predict_step(state, parallel.put_batch(batch))
+                              for batch in batches])
+    scores, class_prediction = (np.concatenate([out[name] for out in outputs])[:split.num_samples]
+                                for name in ("scores", "class_prediction"))
+    return evaluate_outputs(scores, class_prediction, split.labels, split.expert_labels,
+                            num_classes=num_classes,
+                            share_bounds=enforced_bounds(evaluation, split.num_experts + 1))

@@ -10,7 +10,8 @@ as it is: a figure of several runs, or another method's loss, never lands in a r
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure``, never through
 pyplot: no display is needed, no global backend is switched under a caller, and no figure is left
-open. matplotlib (a dependency of mlflow) is imported only when something is drawn.
+open. matplotlib (a dependency of mlflow) is imported only when something is drawn. Runs are read
+through the tracker (``l2d.tracking``); nothing here imports JAX.
 """
 
 import dataclasses
@@ -21,20 +22,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from l2d import metrics
-from l2d.accuracy_coverage import CURVE_FILE
 from l2d.errors import L2DError
+from l2d.evaluation import metrics
+from l2d.evaluation.accuracy_coverage import CURVE_FILE
 from l2d.methods import METHODS
-from l2d.methods.base import (
+from l2d.methods.options import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
+from l2d.tracking import (
+    DESCRIPTION_TAG,
     EXPERTS_TAG,
     MEASUREMENTS_TAG,
-    TRAIN_COVERAGE,
-    TRAIN_COVERAGE_DESCRIPTION,
+    MlflowTracker,
 )
-from l2d.tracking import MlflowTracker, check_reachable
 
-# The run's free-text description, as MLflow stores it (``--run-description``).
-DESCRIPTION_TAG = "mlflow.note.content"
 # Characters of a run id that name a run without a name, and of a description in a legend.
 ID_PREFIX = 8
 DESCRIPTION_CHARS = 60
@@ -90,7 +89,7 @@ class RunCurves:
 
 
 def plot_runs(
-    tracker_uri: str, run_ids: list[str], output: Path, *, log_artifacts: bool = False
+    tracker: MlflowTracker, run_ids: list[str], output: Path, *, log_artifacts: bool = False
 ) -> list[Path]:
     """Write the metric plots and the accuracy-coverage figure of ``run_ids`` into ``output``;
     return the PNG paths.
@@ -101,15 +100,20 @@ def plot_runs(
     """
     if not run_ids:
         raise L2DError("no run ids given: name at least one run to plot")
-    tracker = open_store(tracker_uri)
     runs = [read_run(tracker, run_id) for run_id in dict.fromkeys(run_ids)]
     paths = draw_runs(runs, prepare_output(Path(output)))
     if log_artifacts:
         for run in runs:
             with tempfile.TemporaryDirectory() as folder:
                 for path in (paths if len(runs) == 1 else draw_runs([run], Path(folder))):
-                    tracker.client.log_artifact(run.run_id, str(path), ARTIFACT_FOLDER)
+                    tracker.log_artifact_to(run.run_id, path, ARTIFACT_FOLDER)
     return paths
+
+
+def log_run_plots(tracker: MlflowTracker, run_id: str) -> None:
+    """Log the plots of ``run_id`` alone under its ``plots/`` (as the end of a run does)."""
+    with tempfile.TemporaryDirectory() as folder:
+        plot_runs(tracker, [run_id], Path(folder), log_artifacts=True)
 
 
 def draw_runs(runs: list[RunCurves], output: Path) -> list[Path]:
@@ -121,22 +125,12 @@ def draw_runs(runs: list[RunCurves], output: Path) -> list[Path]:
     return paths
 
 
-def open_store(uri: str) -> MlflowTracker:
-    """A tracker on an existing store (a missing sqlite file is not silently created)."""
-    if uri.startswith("sqlite:///"):
-        database = Path(uri.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise L2DError(f"--tracking-uri={uri}: no tracking store ({database} does not exist)")
-    check_reachable(uri)
-    return MlflowTracker(uri)
-
-
 def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
     """The run's legend label, the de-duplicated history of every metric its method logs, and
     its latest accuracy-coverage curve."""
     if not tracker.run_exists(run_id):
         raise L2DError(f"run {run_id}: no such run in {tracker.uri}")
-    run = tracker.client.get_run(run_id)
+    run = tracker.get_run(run_id)
     method = run.data.params.get("method")
     if method is None:
         raise L2DError(f"run {run_id}: no param 'method'; runs logged before l2d had methods "
@@ -147,7 +141,7 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
     reported = run.data.tags.get(MEASUREMENTS_TAG)
     plots, curves = [], {}
     for plot in method_plots(method, reported):
-        history = tracker.client.get_metric_history(run_id, plot.metric)
+        history = tracker.metric_history(run_id, plot.metric)
         if not history and reported is None and plot not in COMMON_PLOTS:
             continue  # A run from before the tag: its method's optional measurements.
         plots.append(plot)
@@ -169,22 +163,18 @@ def read_references(tracker: MlflowTracker, run: Any) -> dict[str, tuple[list[in
                        metrics.expert_accuracy_alone(k) for k in range(count)}}
     references = {}
     for label, name in metric_names.items():
-        history = tracker.client.get_metric_history(run.info.run_id, name)
+        history = tracker.metric_history(run.info.run_id, name)
         if history:
             references[label] = latest_per_step(history)
     return references
 
 
 def read_curve(tracker: MlflowTracker, run_id: str) -> dict[str, Any]:
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            path = tracker.client.download_artifacts(run_id, CURVE_FILE, folder)
-            return json.loads(Path(path).read_text())
-        except (MlflowException, OSError, ValueError):
-            raise L2DError(f"run {run_id}: no readable artifact {CURVE_FILE} (needed for "
-                           f"{CURVE_PLOT}); was it trained by l2d?") from None
+    try:
+        return tracker.read_json_artifact(run_id, CURVE_FILE)
+    except L2DError:
+        raise L2DError(f"run {run_id}: no readable artifact {CURVE_FILE} (needed for "
+                       f"{CURVE_PLOT}); was it trained by l2d?") from None
 
 
 def latest_per_step(history: list) -> tuple[list[int], list[float]]:

@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from l2d.data.images import IMAGE_SUFFIXES
 from l2d.errors import L2DError
-from l2d.metrics import safe_ratio
-from l2d.trained_system import Routing, TrainedSystem, read_image_files
-
-# What MLX-Data's decoder (stb_image) reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pnm", ".ppm", ".pgm")
+from l2d.evaluation.metrics import safe_ratio
+from l2d.serving.trained_system import Routing, TrainedSystem, read_image_files
 
 
 def image_files_in(folder: Path, classes: list[str]) -> tuple[list[str], np.ndarray | None]:

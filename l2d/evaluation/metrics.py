@@ -37,7 +37,7 @@ def safe_ratio(numerator: float, denominator: float) -> float:
 
 
 def summarise(counts: dict[str, np.ndarray]) -> dict[str, float]:
-    """Turn summed counts (``l2d.evaluate``) into the logged metrics."""
+    """Turn summed counts (``l2d.evaluation.evaluate``) into the logged metrics."""
     samples = float(counts["samples"])
     num_experts = counts["expert_correct"].shape[0]
     routed, routed_correct = counts["routed"], counts["routed_correct"]

@@ -14,79 +14,55 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import l2d
 from l2d import checkpoint
-from l2d.accuracy_coverage import CURVE_FILE
-from l2d.config import CLASSIFIER, TrainConfig, expert_names
-from l2d.data.dataset import Dataset, load_dataset, load_test_split
-from l2d.data.pipeline import eval_batches, train_batches, train_steps_per_epoch
+from l2d.config import TrainConfig
+from l2d.data.dataset import Dataset, load_dataset
+from l2d.data.pipeline import train_batches, train_steps_per_epoch
 from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
-from l2d.evaluate import (
-    SplitEvaluation,
-    available_options,
-    evaluate_outputs,
-    make_predict_step,
-)
-from l2d.methods import make_method
-from l2d.methods.base import EXPERTS_TAG, MEASUREMENTS_TAG, MISSING
-from l2d.metrics import (
-    ACCURACY,
-    AUC,
-    COVERAGE,
-    deferral_table,
-    missing_annotations,
-    summarise,
-)
+from l2d.evaluation.accuracy_coverage import CURVE_FILE
+from l2d.evaluation.evaluate import check_test_workload, evaluate_split, make_predict_step
+from l2d.evaluation.metrics import ACCURACY, AUC, COVERAGE, deferral_table, summarise
+from l2d.evaluation.stored_run import missing_counts
 from l2d.parallel import data_parallel
+from l2d.preprocess import channel_statistics
+from l2d.run_folder import CONFIG_FILE, RunFolder, check_writable
 from l2d.signals import StopRequests
-from l2d.system import build_state
 from l2d.tracking import (
+    CHECKPOINTS_TAG,
+    EXPERTS_TAG,
+    MEASUREMENTS_TAG,
     MlflowTracker,
     NullTracker,
     check_reachable,
     import_mlflow,
     resolve_tracking_uri,
 )
+from l2d.train_state import build_state, method_of
 from l2d.train_step import NONFINITE_STEPS, make_train_step, zero_train_totals
-from l2d.trained_system import EXAMPLE_IMAGES, read_image_files
-from l2d.workload import assign_with_bounds, enforced_share_bounds
-
-CONFIG_FILE = "config.json"
 
 
-def run_folder(config: TrainConfig, run_id: str) -> Path:
-    """``<artifact_path>/<run_id>``: the run's configuration and checkpoints."""
-    return Path(config.artifact_path).expanduser().resolve() / run_id
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What a finished training run gives back: its MLflow run id and its final test metrics."""
 
-
-def check_artifact_path(config: TrainConfig) -> None:
-    folder = Path(config.artifact_path).expanduser().resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # One probe per process: processes of one multi-host job check the same folder at once.
-        probe = folder / f".l2d-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise L2DError(
-            f"--artifact-path={config.artifact_path}: not writable ({error.strerror})") from None
+    run_id: str
+    metrics: dict[str, float]
 
 
 def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
-    """The config with every derived value written in: classes and normalisation statistics."""
-    mean, std = dataset.normalisation(config)
-    return dataclasses.replace(
-        config, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+    """The config with every derived value written in: classes, image shape and normalisation
+    statistics."""
+    mean, std = dataset.normalisation(config.data.norm_mean, config.data.norm_std)
+    return config.replace(
+        num_classes=dataset.num_classes, image_shape=dataset.image_shape,
         norm_mean=tuple(round(float(m), 6) for m in mean),
-        norm_std=tuple(round(float(s), 6) for s in std),
-    )
+        norm_std=tuple(round(float(s), 6) for s in std))
 
 
 def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run_id):
@@ -96,16 +72,13 @@ def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run
     ``opening`` is the tracker being opened in the background; it is waited for only to check
     that the run to resume exists and has not finished.
     """
-    build = functools.partial(build_state, method, config,
-                              total_steps=config.num_epochs * steps_per_epoch)
+    total_steps = config.training.num_epochs * steps_per_epoch
     if resume_run_id is None:
-        graphdef, state = build()
+        graphdef, state = build_state(method, config.training, total_steps=total_steps)
         return graphdef, parallel.replicate(state), None
     check_resumable(opening.result(), resume_run_id)
-    graphdef, template = build(abstract=True)
-    restored = checkpoint.restore_latest(
-        run_folder(config, resume_run_id) / "checkpoints", parallel.abstract(template),
-        seed=config.seed, method=config.method,
+    graphdef, restored = RunFolder.of(config.tracking.artifact_path, resume_run_id).restore(
+        method, config.training, parallel, total_steps=total_steps,
         abstract_totals=parallel.abstract(zero_train_totals(method)))
     return graphdef, restored.state, restored
 
@@ -123,32 +96,33 @@ def check_resumable(tracker, run_id: str) -> None:
 
 
 def train(config: TrainConfig, *, resume_run_id: str | None = None,
-          register_model: str | None = None) -> dict[str, float]:
-    """Train (or resume) a run; return its final test metrics.
+          register_model: str | None = None) -> RunResult:
+    """Train (or resume) a run; return its id and final test metrics.
 
     The run ends by logging the trained system as the MLflow model ``deferral_system`` (also
     registered as ``register_model`` when given) and the plots of ``l2d plot``.
     """
     config.validate()
-    uri = resolve_tracking_uri(config.tracking_uri)
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
     check_reachable(uri)
-    check_artifact_path(config)
+    check_writable(config.tracking.artifact_path)
     parallel = data_parallel()
-    parallel.check_batch_size(config.batch_size)
+    batch_size = config.training.batch_size
+    parallel.check_batch_size(batch_size)
     # Importing mlflow and opening its store take seconds: the import runs beside the data checks,
     # the opening beside the model initialisation, once the data is known to be good (so that a
     # bad input leaves no trace in the store).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         background.submit(import_tracking_modules)
-        dataset = load_dataset(config)
-        check_test_workload(config, dataset.test)
+        dataset = load_dataset(config.data, config.runtime, allow_missing=(
+            config.method_options.allows_missing_annotations()))
+        check_test_workload(config.evaluation, dataset.test)
         config = resolve(config, dataset)
         opening = background.submit(
             functools.partial(MlflowTracker, uri) if parallel.is_main else NullTracker)
-        method = make_method(config, in_channels=dataset.image_shape[-1],
-                             num_classes=dataset.num_classes, num_experts=dataset.num_experts)
+        method = method_of(config)
         steps_per_epoch = train_steps_per_epoch(
-            dataset.train.num_samples, config.batch_size, manifest=dataset.train.groundtruth_path)
+            dataset.train.num_samples, batch_size, manifest=dataset.train.groundtruth_path)
         graphdef, state, restored = initial_state(
             config, method, steps_per_epoch, parallel, opening, resume_run_id)
         train_step, predict_step = compiled_steps(config, method, dataset, graphdef, state,
@@ -156,12 +130,13 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
         tracker = opening.result()
 
     run_id = None
+    tracking = config.tracking
     try:
         with StopRequests() as stop, tracker.run(
-                experiment_name=config.experiment_name, description=config.run_description,
-                run_name=config.run_name, run_id=resume_run_id) as run_id:
+                experiment_name=tracking.experiment_name, description=tracking.run_description,
+                run_name=tracking.run_name, run_id=resume_run_id) as run_id:
             run_id = parallel.share_run_id(run_id)
-            folder = run_folder(config, run_id)
+            folder = RunFolder.of(tracking.artifact_path, run_id)
             if resume_run_id is None and parallel.is_main:
                 log_run_start(tracker, folder, config, method, dataset)
             if parallel.is_main:
@@ -169,9 +144,9 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
                       + ("" if tracker.uri.startswith("http") else
                          f"  (first: mlflow ui --backend-store-uri {tracker.uri})"),
                       file=sys.stderr)
-            checkpoints = checkpoint.RunCheckpoints(folder / "checkpoints",
-                                                    keep=config.keep_checkpoints,
-                                                    seed=config.seed, method=method.name)
+            checkpoints = checkpoint.RunCheckpoints(folder.checkpoints,
+                                                    keep=tracking.keep_checkpoints,
+                                                    seed=config.training.seed, method=method.name)
             try:
                 metrics, counts, state = fit(
                     config, method, dataset, train_step, predict_step, state, tracker,
@@ -180,69 +155,44 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
             finally:
                 checkpoints.close()
             tracker.log_dict(metrics, "final_metrics.json")
-            tracker.log_dict(deferral_table(counts, option_names(config)), "deferral_table.json")
+            tracker.log_dict(deferral_table(counts, config.data.options()),
+                             "deferral_table.json")
             if parallel.is_main:
-                log_trained_system(tracker, run_id, config, parallel.fetch(state[0]), dataset,
-                                   register_model=register_model)
+                finish_run(tracker, run_id, config, parallel.fetch(state[0]), dataset,
+                           register_model=register_model)
             # A Ctrl-C while the model was logged ends the run KILLED, as during training.
             stop.check()
     except Interrupted as interrupted:
         interrupted.run_id = run_id
         raise
     parallel.wait_for_all("l2d: run ended")
-    return metrics
+    return RunResult(run_id, metrics)
 
 
-def log_run_start(tracker, folder: Path, config: TrainConfig, method, dataset) -> None:
+def log_run_start(tracker, folder: RunFolder, config: TrainConfig, method, dataset) -> None:
     """What a new run records once: its configuration (file and params), tags, dataset inputs
     and, with missing annotations, how many each expert lacks."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / CONFIG_FILE)
-    unused = config.unused_fields()
-    tracker.log_params({k: v for k, v in config.to_dict().items() if k not in unused})
+    folder.save_config(config)
+    tracker.log_params(config.to_dict())
     tracker.log_dict(config.to_dict(), CONFIG_FILE)
-    tracker.set_tags({"checkpoints": str(folder / "checkpoints"),
+    tracker.set_tags({CHECKPOINTS_TAG: str(folder.checkpoints),
                       MEASUREMENTS_TAG: ",".join(method.measurements),
-                      EXPERTS_TAG: json.dumps(expert_names(config))})
+                      EXPERTS_TAG: json.dumps(config.data.experts())})
     for context, split in (("train", dataset.train), ("test", dataset.test)):
         tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
                             source=os.path.abspath(split.groundtruth_path), context=context)
-    if config.allow_missing_annotations:
+    if config.method_options.allows_missing_annotations():
         tracker.log_metrics({**missing_counts("train", dataset.train),
                              **missing_counts("test", dataset.test)}, step=0)
-
-
-def option_names(config: TrainConfig) -> list[str]:
-    """The experts' names, then the classifier's: the columns of the deferral table."""
-    return [*expert_names(config), CLASSIFIER]
 
 
 def import_tracking_modules() -> None:
     """Import mlflow, and the model and plot modules the run ends with: seconds of imports that
     run beside the data checks and compilation instead of after training."""
     import_mlflow()
-    for module in ("l2d.mlflow_model", "matplotlib.backends.backend_agg", "matplotlib.figure"):
+    for module in ("l2d.serving.pyfunc", "matplotlib.backends.backend_agg",
+                   "matplotlib.figure"):
         importlib.import_module(module)
-
-
-def missing_counts(split_name: str, split) -> dict[str, float]:
-    """How many inputs of ``split`` each expert did not annotate, as metrics."""
-    missing = (split.expert_labels == MISSING).sum(0)
-    return {missing_annotations(split_name, k): float(n) for k, n in enumerate(missing)}
-
-
-def check_test_workload(config: TrainConfig, split) -> None:
-    """With ``--test-workload enforce``, L2DError before any training or evaluation when the
-    split's annotations cannot meet the bounds (e.g. a minimum share for an expert who
-    annotated fewer inputs)."""
-    bounds = enforced_share_bounds(config)
-    if bounds is None:
-        return
-    try:
-        assign_with_bounds(np.zeros((split.num_samples, split.num_experts + 1)), *bounds,
-                           available=available_options(split.expert_labels))
-    except L2DError as error:
-        raise L2DError(f"{split.groundtruth_path}: --test-workload enforce: {error}") from None
 
 
 def compiled_steps(config, method, dataset, graphdef, state, parallel):
@@ -251,13 +201,13 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
     Compiling here, before the MLflow run is opened, lets it overlap the opening of the store;
     the first training step then runs at once.
     """
-    mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    train_step = make_train_step(graphdef, method=method, seed=config.seed,
-                                 augment_images=config.augment, channel_mean=mean,
+    mean, std = channel_statistics(config.data.norm_mean, config.data.norm_std)
+    train_step = make_train_step(graphdef, method=method, seed=config.training.seed,
+                                 augment_images=config.data.augment, channel_mean=mean,
                                  channel_std=std, replicated=parallel.replicated)
     predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
                                      replicated=parallel.replicated)
-    local_rows = config.batch_size // parallel.shard[1]
+    local_rows = config.training.batch_size // parallel.shard[1]
     example = parallel.put_batch({
         "image": np.zeros((local_rows, *dataset.image_shape), np.uint8),
         "label": np.zeros(local_rows, np.int32),
@@ -276,12 +226,14 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
     takes effect after the step it came in (or after the epoch's end): the state there is saved
     (one process only; see ``save_and_stop``), then the run stops.
     """
-    quiet = None if config.tqdm else True  # None: tqdm decides, silent when not a terminal.
+    quiet = None if config.runtime.tqdm else True  # None: tqdm decides, silent when no terminal.
     start = restored.position if restored is not None else checkpoint.Position(0)
+    batch_size, num_epochs = config.training.batch_size, config.training.num_epochs
 
     def evaluate_and_log_curve(state, epoch):
         evaluation = evaluate_split(predict_step, state, dataset.test, dataset.test_images,
-                                    num_classes=dataset.num_classes, config=config,
+                                    num_classes=dataset.num_classes, batch_size=batch_size,
+                                    runtime=config.runtime, evaluation=config.evaluation,
                                     parallel=parallel)
         tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
         return {**summarise(evaluation.counts), AUC: evaluation.curve.area()}, evaluation.counts
@@ -297,8 +249,8 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
 
     metrics, counts = {}, {}
     first_step_reported = False
-    epochs = tqdm(range(start.epoch, config.num_epochs), desc="epochs", initial=start.epoch,
-                  total=config.num_epochs, disable=quiet, file=sys.stderr)
+    epochs = tqdm(range(start.epoch, num_epochs), desc="epochs", initial=start.epoch,
+                  total=num_epochs, disable=quiet, file=sys.stderr)
     for epoch in epochs:
         first_step = start.step if epoch == start.epoch else 0
         totals = (restored.totals if first_step and restored.totals is not None
@@ -307,9 +259,11 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
         loader_wait = 0.0
         if first_step < steps_per_epoch:
             batches = train_batches(
-                dataset.train, dataset.train_images, batch_size=config.batch_size,
-                seed=config.seed, epoch=epoch, prefetch_size=config.prefetch_size,
-                num_threads=config.num_threads, shard=parallel.shard, first_step=first_step)
+                dataset.train, dataset.train_images, batch_size=batch_size,
+                seed=config.training.seed, epoch=epoch,
+                prefetch_size=config.runtime.prefetch_size,
+                num_threads=config.runtime.num_threads, shard=parallel.shard,
+                first_step=first_step)
             for index in tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}",
                               leave=False, disable=quiet, file=sys.stderr, initial=first_step,
                               total=steps_per_epoch):
@@ -349,35 +303,38 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
             report_duration(epoch + 1, train_seconds=train_seconds,
                             eval_seconds=time.perf_counter() - started - train_seconds,
                             steps_trained=steps_per_epoch - first_step,
-                            steps_per_epoch=steps_per_epoch, epochs_left=config.num_epochs - epoch)
-        at_checkpoint = ((epoch + 1) % config.checkpoint_every == 0
-                         or epoch + 1 == config.num_epochs)
+                            steps_per_epoch=steps_per_epoch, epochs_left=num_epochs - epoch)
+        at_checkpoint = ((epoch + 1) % config.tracking.checkpoint_every == 0
+                         or epoch + 1 == num_epochs)
         if at_checkpoint:
             checkpoints.save_epoch(state, epoch=epoch + 1)
         if stop.requested:
             save_and_stop(state, parallel.replicate(zero_train_totals(method)),
                           checkpoint.Position(epoch + 1), saved_at_epoch_end=at_checkpoint)
-    if start.epoch == config.num_epochs:
+    if start.epoch == num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
         metrics, counts = evaluate_and_log_curve(state, start.epoch)
     return metrics, counts, state
 
 
-def log_trained_system(tracker, run_id, config, model_state, dataset, *, register_model
-                       ) -> None:
-    """Log the model ``deferral_system`` (its input example the first test images) and the
-    plots of the run.
+def finish_run(tracker, run_id, config, model_state, dataset, *, register_model) -> None:
+    """The end of a run: log the model ``deferral_system`` (its input example the first test
+    images) and the plots of the run.
 
     A failure of MLflow here is one line (the run ends FAILED, its checkpoints kept); a failed
     plot is only reported, since ``l2d plot`` can draw it again.
     """
+    from l2d.evaluation.plot import log_run_plots
+    from l2d.serving.pyfunc import log_deferral_system
+    from l2d.serving.trained_system import EXAMPLE_IMAGES, read_image_files
+
     example = dataset.test_images.pixels
     if example is None:  # Streamed from disk: decode the images the example needs.
         example = read_image_files(dataset.test.files[:EXAMPLE_IMAGES],
                                    dataset.test.groundtruth_path)
     try:
-        uri = tracker.log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES],
-                                          registered_model_name=register_model)
+        uri = log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES],
+                                  registered_model_name=register_model)
     except Exception as error:  # Any MLflow or store error: say it in one line.
         line = first_line(error)
         raise L2DError(f"logging the model deferral_system of run {run_id} failed "
@@ -386,7 +343,7 @@ def log_trained_system(tracker, run_id, config, model_state, dataset, *, registe
     print(f"l2d: model {uri}" + (f", registered as {register_model}" if register_model else ""),
           file=sys.stderr)
     try:
-        tracker.log_plots(run_id)
+        log_run_plots(tracker, run_id)
     except Exception as error:  # Drawing or logging: the run itself is complete.
         line = first_line(error)
         print(f"l2d: warning: the plots of run {run_id} were not logged ({line[:200]}); "
@@ -425,65 +382,3 @@ def report_first_step(totals, tracker) -> None:
     seconds = time.time() - l2d.IMPORTED_AT
     print(f"l2d: first training step done {seconds:.1f} s after launch", file=sys.stderr)
     tracker.log_metrics({"startup/first_step_s": seconds}, step=0)
-
-
-def evaluate_split(predict_step, state, split, images, *, num_classes, config, parallel
-                   ) -> SplitEvaluation:
-    """Route every input of ``split`` (each process feeding its rows of every batch) and count."""
-    batches = eval_batches(split, images, batch_size=config.batch_size,
-                           prefetch_size=config.prefetch_size, num_threads=config.num_threads,
-                           shard=parallel.shard)
-    # Fetched once at the end: no host sync per batch. The padding rows come last.
-    outputs = parallel.fetch([predict_step(state, parallel.put_batch(batch))
-                              for batch in batches])
-    scores, class_prediction = (np.concatenate([out[name] for out in outputs])[:split.num_samples]
-                                for name in ("scores", "class_prediction"))
-    return evaluate_outputs(scores, class_prediction, split.labels, split.expert_labels,
-                            num_classes=num_classes, share_bounds=enforced_share_bounds(config))
-
-
-def test(config: TrainConfig, run_id: str) -> dict[str, float]:
-    """Evaluate the latest checkpoint of ``run_id`` on the test manifests; no training."""
-    config.validate()
-    uri = resolve_tracking_uri(config.tracking_uri)
-    check_reachable(uri)
-    test_split, test_images = load_test_split(config, config.num_classes)
-    check_test_workload(config, test_split)
-    tracker = MlflowTracker(uri)
-    if not tracker.run_exists(run_id):
-        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
-    if test_images.shape != config.image_shape:
-        raise L2DError(f"{test_split.groundtruth_path}: images are {test_images.shape} (HxWxC), "
-                       f"the run was trained on {config.image_shape}")
-    parallel = data_parallel()
-    parallel.check_batch_size(config.batch_size)
-    method = make_method(config, in_channels=test_images.shape[-1],
-                         num_classes=config.num_classes, num_experts=test_split.num_experts)
-    graphdef, template = build_state(method, config, total_steps=1, abstract=True)
-    restored = checkpoint.restore_latest(
-        run_folder(config, run_id) / "checkpoints", parallel.abstract(template), seed=config.seed,
-        method=config.method)
-    mean, std = (jnp.asarray(v, jnp.float32) for v in (config.norm_mean, config.norm_std))
-    predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
-                                     replicated=parallel.replicated)
-    evaluation = evaluate_split(predict_step, restored.state, test_split, test_images,
-                                num_classes=config.num_classes, config=config, parallel=parallel)
-    metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
-    if config.allow_missing_annotations:
-        metrics.update(missing_counts("test", test_split))
-    position = restored.position
-    result = {"checkpoint_epoch": position.epoch, "checkpoint_step": position.step,
-              "test_groundtruth_file": config.test_groundtruth_file,
-              "test_files": list(config.test_files), "test_workload": config.test_workload,
-              "metrics": metrics,
-              "deferral_table": deferral_table(evaluation.counts, option_names(config)),
-              "accuracy_coverage": evaluation.curve.to_json(),
-              # Per ground-truth entry, in manifest order: the option chosen (the experts in
-              # --test-files order, then the classifier).
-              "routed_to": evaluation.chosen.tolist()}
-    name = Path(config.test_groundtruth_file).stem
-    at = f"epoch_{position.epoch}" + (f"_step_{position.step}" if position.step else "")
-    tracker.log_dict_to(run_id, result, f"test/{name}_{at}.json")
-    print(f"l2d: the checkpoint {position.describe()} of run {run_id} on "
-          f"{config.test_groundtruth_file}:", file=sys.stderr)
-    return metrics

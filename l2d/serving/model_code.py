@@ -3,6 +3,6 @@ code"): no pickled object travels with the model, only this file, l2d's code and
 
 import mlflow
 
-from l2d.mlflow_model import DeferralSystemModel
+from l2d.serving.pyfunc import DeferralSystemModel
 
 mlflow.models.set_model(DeferralSystemModel())

@@ -1,0 +1,96 @@
+"""A run's folder on disk, ``<--artifact-path>/<run_id>/``: its configuration (``config.json``,
+the flat ``TrainConfig.to_dict``) and its checkpoints (``checkpoints/``, ``l2d.checkpoint``).
+
+Training, ``--test``, ``l2d export`` and ``l2d predict`` reach a run's files through here only:
+where the folder is, saving and reading the configuration (with the flags a command may change),
+and restoring the latest state.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from l2d.config import TrainConfig
+from l2d.errors import L2DError
+from l2d.options import flag_of
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"
+
+
+def check_writable(artifact_path: str) -> None:
+    """L2DError unless the folder of the runs' folders can be created and written."""
+    folder = Path(artifact_path).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # One probe per process: processes of one multi-host job check the same folder at once.
+        probe = folder / f".l2d-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise L2DError(
+            f"--artifact-path={artifact_path}: not writable ({error.strerror})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    path: Path
+    run_id: str
+
+    @classmethod
+    def of(cls, artifact_path: str, run_id: str) -> "RunFolder":
+        return cls(Path(artifact_path).expanduser().resolve() / run_id, run_id)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def save_config(self, config: TrainConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        config.save(self.config_file)
+
+    def load_config(self) -> TrainConfig:
+        if not self.config_file.is_file():
+            raise L2DError(f"--run-id={self.run_id}: no {self.config_file} (is --artifact-path "
+                           "right?)")
+        return TrainConfig.load(self.config_file)
+
+    def stored_config(self, given: dict[str, Any], *, changeable: frozenset[str]
+                      ) -> TrainConfig:
+        """The run's saved config, with the flags in ``changeable`` taken from ``given`` (the
+        flags typed).
+
+        Any other flag typed with a value different from the run's is an error: a resumed run
+        must continue exactly, and a silently ignored flag would lie.
+        """
+        stored = self.load_config()
+        values = stored.to_dict()
+        for name, value in given.items():
+            if name not in changeable and values.get(name) != value:
+                # The cosine schedule spans the epochs set at the start: more epochs would
+                # change every step's learning rate, so the numbers would match neither run.
+                why = ("; the learning rate decays over the epochs the run was started with, so "
+                       "a longer training is a new run" if name == "num_epochs" else "")
+                raise L2DError(f"{flag_of(name)}={value}: run {self.run_id} was trained with "
+                               f"{values.get(name)}{why}; omit the flag to use the run's value")
+        return stored.replace(**{k: v for k, v in given.items() if k in changeable})
+
+    def restore(self, method, training, parallel, *, total_steps: int = 1,
+                abstract_totals=None):
+        """``(graphdef, checkpoint.Restored)``: the latest checkpoint of the run, restored into
+        the state of ``method`` trained by ``training`` (``total_steps`` sets the schedule the
+        graphdef carries; evaluation needs none), placed as ``parallel`` places states."""
+        from l2d import checkpoint
+        from l2d.train_state import build_state
+
+        graphdef, template = build_state(method, training, total_steps=total_steps,
+                                         abstract=True)
+        restored = checkpoint.restore_latest(
+            self.checkpoints, parallel.abstract(template), seed=training.seed,
+            method=method.name, abstract_totals=abstract_totals)
+        return graphdef, restored

@@ -1,0 +1,63 @@
+"""The training state of a run: its method, that method's model and one optimizer over all of it.
+
+``method_of`` builds the run's method from its configuration (once the dataset has filled in
+the classes and the image shape); ``build_state`` splits ``(model, optimizer)`` for ``jax.jit``.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+from l2d.config import TrainConfig, TrainingOptions
+from l2d.methods import make_method
+from l2d.methods.base import Method, Problem
+
+
+def method_of(config: TrainConfig) -> Method:
+    """The run's method, for the classes and image shape its configuration records."""
+    problem = Problem(in_channels=config.data.image_shape[-1],
+                      num_classes=config.data.num_classes,
+                      num_experts=config.data.num_experts,
+                      compute_dtype=config.training.compute_dtype,
+                      min_share=config.evaluation.min_share,
+                      max_share=config.evaluation.max_share)
+    return make_method(config.method, config.method_options, problem)
+
+
+def decays(params: Any) -> Any:
+    """Weight-decay mask: convolution and dense kernels only, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(training: TrainingOptions, total_steps: int) -> optax.GradientTransformation:
+    """SGD with momentum, a cosine-decayed learning rate and, as in the original, weight decay as
+    an L2 term added to the gradient (coupled, before momentum) of kernels only."""
+    schedule = optax.cosine_decay_schedule(training.lr, decay_steps=total_steps)
+    return optax.chain(
+        optax.add_decayed_weights(training.weight_decay, mask=decays),
+        optax.sgd(schedule, momentum=training.momentum),
+    )
+
+
+def create_state(method: Method, training: TrainingOptions, total_steps: int):
+    """``(model, optimizer)``: the method's networks, initialised from ``training.seed``."""
+    # Threefry keys (JAX's default) draw the same numbers on every platform, so initialisation
+    # is a function of the seed alone, on a CPU as on a GPU.
+    model = method.create_model(nnx.Rngs(params=jax.random.key(training.seed)))
+    return model, nnx.Optimizer(model, make_optimizer(training, total_steps), wrt=nnx.Param)
+
+
+def build_state(
+    method: Method, training: TrainingOptions, *, total_steps: int, abstract: bool = False,
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """``create_state`` split into (graphdef, state) for jax.jit.
+
+    Initialisation runs as one compiled program (one compilation instead of one per parameter
+    shape). ``abstract=True`` gives shapes and dtypes only, instantly: the template a checkpoint
+    is restored into.
+    """
+    create = functools.partial(create_state, method, training, total_steps)
+    return nnx.split(nnx.eval_shape(create) if abstract else nnx.jit(create)())
