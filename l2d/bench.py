@@ -102,12 +102,12 @@ PRESETS = {
 }
 
 
-def em_limit_loss(system: em.EMNetworks, inputs, batch, q) -> jax.Array:
+def em_limit_loss(networks: em.EMNetworks, inputs, batch, q) -> jax.Array:
     """EM's M-step against a given posterior q ``[B, K + 1]``: the classifier's cross-entropy
     weighted by q(classifier) plus the gate's against q as soft labels."""
-    clf_loss = em.classifier_loss(system.classifier(inputs), batch["label"], q,
+    clf_loss = em.classifier_loss(networks.classifier(inputs), batch["label"], q,
                                   weighting="posterior")
-    return clf_loss + em.gating_loss(system.gate(inputs), q)
+    return clf_loss + em.gating_loss(networks.gate(inputs), q)
 
 
 def soft_target_loss(network: nnx.Module, inputs, batch, targets) -> jax.Array:
@@ -172,10 +172,10 @@ def make_unfused_step(
 
     def forward(part: str):
         def logits(state, images):
-            system = nnx.merge(graphdef, state)[0]
+            networks = nnx.merge(graphdef, state)[0]
             if forward_mode == "eval":
-                system.eval()
-            return getattr(system, part)(normalise(images, channel_mean, channel_std))
+                networks.eval()
+            return getattr(networks, part)(normalise(images, channel_mean, channel_std))
         return logits
 
     gate_forward, clf_forward = forward("gate"), forward("classifier")
@@ -241,9 +241,9 @@ def build(method_name: str, models: Models, *, batch_size: int, seed: int,
     ``l2d_step`` is what ``l2d train`` runs for this configuration; EM's ``unfused`` updates
     through the same jitted function as its ``limit``.
     """
+    # Augmentation off; EM's E-step exact (its default).
     config = TrainConfig.from_dict({"method": method_name, **models.of(method_name),
-                                    "batch_size": batch_size, "seed": seed, "augment": False,
-                                    "e_step": "exact"})
+                                    "batch_size": batch_size, "seed": seed, "augment": False})
     method = make_method(method_name, config.method_options,
                          Problem(in_channels=CHANNELS, num_classes=NUM_CLASSES,
                                  num_experts=NUM_EXPERTS))

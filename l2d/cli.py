@@ -24,7 +24,6 @@ from l2d.config import (
     changeable,
     check_method_flags,
 )
-from l2d.data.demo import DEMO_EPOCHS
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 from l2d.methods import METHODS
 from l2d.options import Option, default_text
@@ -33,6 +32,7 @@ from l2d.run_folder import RunFolder
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
+DEMO_EPOCHS = 15
 
 # What ``l2d runs --status`` filters by (MLflow's run statuses).
 RUN_STATUSES = ("FINISHED", "RUNNING", "FAILED", "KILLED")
@@ -78,12 +78,15 @@ def add_option(group, declared: Option) -> None:
 
 
 def method_option_groups() -> list[tuple[str, list[Option]]]:
-    """Each distinct options class of the registered methods, once, with its options; a flag
-    that two classes declare differently is a programming error of the registry."""
+    """Each distinct options class of the registered methods, once, titled by the methods that
+    read it, with its options; a flag that two classes declare differently is a programming
+    error of the registry."""
     groups, seen = [], {}
     for entry in METHODS.values():
-        if any(entry.options is cls for cls, _ in groups):
+        if any(entry.options is cls for cls, _, _ in groups):
             continue
+        readers = [name for name, other in METHODS.items() if other.options is entry.options]
+        title = f"method{'s' if len(readers) > 1 else ''} {' and '.join(readers)}"
         own = []
         for declared in entry.options.declared():
             if declared.name in seen:
@@ -95,8 +98,8 @@ def method_option_groups() -> list[tuple[str, list[Option]]]:
             seen[declared.name] = (entry.options.__name__, declared.type, declared.default,
                                    declared.declaration)
             own.append(declared)
-        groups.append((entry.options, own))
-    return [(cls.title, own) for cls, own in groups]
+        groups.append((entry.options, title, own))
+    return [(title, own) for _, title, own in groups]
 
 
 def train_option_groups() -> list[tuple[str, list[Option]]]:
@@ -303,7 +306,8 @@ def run_train_command(given: dict) -> None:
         folder = RunFolder.of(given.get("artifact_path", TrackingOptions.artifact_path), run_id)
         config = folder.stored_config(given, changeable=changeable(testing=mode == "test"))
     else:
-        config = TrainConfig.from_dict(given)
+        # Values first, then whose flags they are: a bad value is named before a misplaced flag.
+        config = TrainConfig.from_dict(given, strict=False)
     config.validate()
     check_method_flags(given, config)
     if mode == "test":

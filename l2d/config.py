@@ -314,6 +314,7 @@ class TrainConfig:
         """Raise L2DError naming the first flag whose value cannot work; return self."""
         registered(self.method)
         for group in (self.tracking, self.training, self.data, self.runtime, self.evaluation):
+            group.check_types()
             group.validate()
         check_share_bounds(self.evaluation.min_share, self.evaluation.max_share,
                            self.data.num_experts + 1)
@@ -321,6 +322,7 @@ class TrainConfig:
         if not isinstance(self.method_options, expected):
             raise L2DError(f"--method {self.method} takes {expected.__name__}, not "
                            f"{type(self.method_options).__name__}")
+        self.method_options.check_types()
         self.method_options.validate()
         return self
 
@@ -336,11 +338,23 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The config of a flat ``{name: value}`` (``to_dict``, a ``config.json``, or flags);
-        names no group of it declares are ignored, as a run of an older l2d records other
-        methods' options too."""
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> "TrainConfig":
+        """The config of a flat ``{name: value}`` (``to_dict``, or the flags typed).
+
+        A name that no group of it declares is an L2DError (one line, naming the methods that
+        read it), unless ``strict`` is off: a ``config.json`` of an older l2d records the
+        options of other methods too.
+        """
         method = values.get(METHOD, cls.method)
+        if strict:
+            own = {*(name for group in SHARED_GROUPS for name in group.field_names()),
+                   *registered(method).options.field_names(), METHOD}
+            for name in values:
+                if name not in own:
+                    owners = flag_owners(name)
+                    raise L2DError(f"{flag_of(name)}: only used by --method "
+                                   f"{' or '.join(owners)}, not by --method {method}" if owners
+                                   else f"{name!r}: no such option of l2d train")
         return cls(data=DataOptions.from_values(values),
                    training=TrainingOptions.from_values(values),
                    evaluation=EvaluationOptions.from_values(values),
@@ -350,7 +364,8 @@ class TrainConfig:
                    method_options=(registered(method).options.from_values(values)))
 
     def replace(self, **values: Any) -> "TrainConfig":
-        """This config with some options (by flat name) changed."""
+        """This config with some options (by flat name) changed; L2DError for a name it has
+        no option of."""
         return TrainConfig.from_dict({**self.to_dict(), **values})
 
     def save(self, path: Path) -> None:
@@ -359,7 +374,10 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            return cls.from_dict(values, strict=False)
         except (OSError, ValueError, TypeError) as error:
             raise L2DError(f"{path}: cannot read the run's configuration: {error}") from None
 

@@ -66,7 +66,6 @@ class Option:
     type: Any  # The field's annotation, e.g. ``int | None`` or ``tuple[float, ...] | None``.
     default: Any
     declaration: Declaration
-    group: str  # The title of the group that declares it.
 
     @property
     def flag(self) -> str:
@@ -98,18 +97,24 @@ def non_optional(annotation: Any) -> Any:
     return annotation
 
 
+def shown(value: Any) -> str:
+    """A value as a flag gives it: a list comma-separated."""
+    if isinstance(value, tuple | list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
 def invalid(name: str, value: Any, problem: str) -> L2DError:
     """The one-line error of an option's value: ``--flag=value: problem``."""
-    if isinstance(value, tuple | list):
-        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    return L2DError(f"{flag_of(name)}={value}: {problem}")
+    return L2DError(f"{flag_of(name)}={shown(value)}: {problem}")
 
 
 class Options:
     """Base of an option group: a frozen dataclass of ``option()`` (and ``derived()``) fields.
 
-    ``title`` names the group in ``--help`` and in the docs; ``validate`` checks the group's own
-    values and raises ``invalid(...)`` for the first one that cannot work.
+    ``title`` names a shared group in ``--help`` and in the docs (a method's options are
+    titled by the methods that read them); ``validate`` checks the group's own values and raises
+    ``invalid(...)`` for the first one that cannot work.
     """
 
     title: ClassVar[str]
@@ -122,7 +127,7 @@ class Options:
         """The group's options (its ``option()`` fields), in declaration order."""
         hints = typing.get_type_hints(cls)
         return [Option(field.name, hints[field.name], field.default,
-                       field.metadata[_DECLARATION], cls.title)
+                       field.metadata[_DECLARATION])
                 for field in dataclasses.fields(cls) if _DECLARATION in field.metadata]
 
     @classmethod
@@ -149,6 +154,23 @@ class Options:
         """``{name: value}`` of every field."""
         return {name: getattr(self, name) for name in self.field_names()}
 
+    def check_types(self) -> None:
+        """``invalid`` for a value that is not of its option's type (values given from Python
+        or read from a file; the parser converts flags): None only where the option is
+        optional, and every item of a list of its item type."""
+        for declared in self.declared():
+            value = getattr(self, declared.name)
+            if value is None:
+                if non_optional(declared.type) is declared.type:
+                    raise invalid(declared.name, value, "needs a value, not None")
+            elif declared.kind is tuple:
+                if not (isinstance(value, tuple)
+                        and all(is_of(item, declared.item_kind) for item in value)):
+                    raise invalid(declared.name, value, "must be a list of "
+                                  f"{declared.item_kind.__name__}")
+            elif not is_of(value, declared.kind):
+                raise invalid(declared.name, repr(value), f"must be {declared.kind.__name__}")
+
     def check_choices(self) -> None:
         """``invalid`` for a value outside its option's choices (the parser checks flags; this
         checks values given from Python or read from a file)."""
@@ -157,6 +179,15 @@ class Options:
             if choices is not None and getattr(self, declared.name) not in choices:
                 raise invalid(declared.name, getattr(self, declared.name),
                               f"choose one of {', '.join(map(str, choices))}")
+
+
+def is_of(value: Any, kind: type) -> bool:
+    """Whether ``value`` is of an option's type: an int is a float too, a bool no int."""
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def check_at_least(group: Options, names: tuple[str, ...], low: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from l2d.config import TrainConfig
 from l2d.errors import L2DError
-from l2d.options import flag_of
+from l2d.options import flag_of, shown
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -71,13 +71,16 @@ class RunFolder:
         stored = self.load_config()
         values = stored.to_dict()
         for name, value in given.items():
-            if name not in changeable and values.get(name) != value:
+            # A flag the run's method does not read is left to the method's check, which names
+            # the methods that read it.
+            if name in values and name not in changeable and values[name] != value:
                 # The cosine schedule spans the epochs set at the start: more epochs would
                 # change every step's learning rate, so the numbers would match neither run.
                 why = ("; the learning rate decays over the epochs the run was started with, so "
                        "a longer training is a new run" if name == "num_epochs" else "")
-                raise L2DError(f"{flag_of(name)}={value}: run {self.run_id} was trained with "
-                               f"{values.get(name)}{why}; omit the flag to use the run's value")
+                raise L2DError(f"{flag_of(name)}={shown(value)}: run {self.run_id} was trained "
+                               f"with {shown(values[name])}{why}; omit the flag to use the run's "
+                               "value")
         return stored.replace(**{k: v for k, v in given.items() if k in changeable})
 
     def restore(self, method, training, parallel, *, total_steps: int = 1,

@@ -22,8 +22,6 @@ TOY_LOSS = "loss/toy"
 
 @dataclasses.dataclass(frozen=True)
 class ToyOptions(MethodOptions):
-    title = "method toy"
-
     toy_width: int = option(2, "width of the toy's classifier")
     toy_margin: float = option(0.5, "the classifier keeps an input when its top softmax "
                                "probability is above this")

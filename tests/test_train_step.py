@@ -25,8 +25,9 @@ EM_REFERENCE = Path(__file__).parent / "data" / "em_reference_da18109.npz"
 
 
 def tiny_config(**changes) -> TrainConfig:
-    return TrainConfig.from_dict(
-        {"clf_width": 4, "dfr_width": 2, "width": 2, "batch_size": BATCH, "seed": 1, **changes})
+    widths = ({"width": 2} if changes.get("method", "em") != "em"
+              else {"clf_width": 4, "dfr_width": 2})
+    return TrainConfig.from_dict({**widths, "batch_size": BATCH, "seed": 1, **changes})
 
 
 def random_batch(seed: int) -> dict[str, np.ndarray]:
@@ -39,7 +40,7 @@ def random_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def make(config: TrainConfig):
-    """(method, graphdef, state, step) placed as ``l2d.train`` places them (state replicated)."""
+    """(method, graphdef, state, step) placed as ``l2d.training`` places them (state replicated)."""
     parallel = data_parallel()
     method = make_method(config.method, config.method_options, Problem(
         in_channels=3, num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))

@@ -15,7 +15,6 @@ from l2d.config import TrainConfig
 from l2d.data.experts import ExpertSpec, write_experts
 from l2d.errors import L2DError
 
-DEMO_EPOCHS = 15
 TEST_SHARE = 0.2
 SPECIALTIES = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 # Written last: its presence means the folder holds a complete dataset.

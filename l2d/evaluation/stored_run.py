@@ -28,20 +28,20 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
     """Evaluate the latest checkpoint of ``run_id`` (whose stored configuration, with the test
     flags given, is ``config``) on its test manifests; return the metrics."""
     config.validate()
-    if config.data.image_shape is None or config.data.num_classes is None:
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    check_reachable(uri)
+    tracker = MlflowTracker(uri)
+    if not tracker.run_exists(run_id):
+        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
+    data = config.data
+    if data.image_shape is None or data.num_classes is None:
         raise L2DError(f"--run-id={run_id}: this configuration records no classes and image "
                        "shape, so it is not a run's stored one; evaluate with the run's own "
                        "(RunFolder.of(artifact_path, run_id).load_config())")
-    uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    check_reachable(uri)
-    data = config.data
     test_split, test_images = load_test_split(
         data, config.runtime, data.num_classes,
         allow_missing=config.method_options.allows_missing_annotations())
     check_test_workload(config.evaluation, test_split)
-    tracker = MlflowTracker(uri)
-    if not tracker.run_exists(run_id):
-        raise L2DError(f"--run-id={run_id}: no such run in {tracker.uri}")
     if test_images.shape != data.image_shape:
         raise L2DError(f"{test_split.groundtruth_path}: images are {test_images.shape} (HxWxC), "
                        f"the run was trained on {data.image_shape}")

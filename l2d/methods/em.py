@@ -1,6 +1,6 @@
 """EM: learning to defer as a mixture of experts with a latent z, trained by EM.
 
-Notation (see README, "The method"): C classes, K experts, a latent z in {expert_1..expert_K,
+Notation (see the docs' "Methods" page): C classes, K experts, a latent z in {expert_1..expert_K,
 classifier}; index K (the last) is the classifier. Shapes are given as ``[batch, ...]``.
 
 - E-step: q(z) = p(z | x, y, t) proportional to p(z | x) p(y | z, x), computed in log space;
@@ -253,12 +253,12 @@ class EM:
                        else jax.lax.stop_gradient(annotation_logits)))
         clf_loss = classifier_loss(clf_logits, batch["label"], q,
                                    weighting=options.clf_weighting)
-        options = self.gate_options(expert_labels)
-        gate_loss = gating_loss(gate_logits, q, options)
+        available = self.gate_options(expert_labels)
+        gate_loss = gating_loss(gate_logits, q, available)
         # The networks share no parameters, so the gradient of the sum gives each network
         # the gradient of its own loss, in one backward pass.
         measurements = {CLF_LOSS: clf_loss, GATE_LOSS: gate_loss,
-                        TRAIN_COVERAGE: training_coverage(gate_log_prior(gate_logits, options))}
+                        TRAIN_COVERAGE: training_coverage(gate_log_prior(gate_logits, available))}
         total = clf_loss + gate_loss
         if annotation_logits is not None:
             measurements[ANNOTATION_LOSS] = annotation_loss(annotation_logits, expert_labels)

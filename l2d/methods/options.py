@@ -43,7 +43,6 @@ SURROGATE_MEASUREMENTS = {
 class EMOptions(MethodOptions):
     """EM's networks, E-step, classifier weighting and missing annotations."""
 
-    title = "method em"
     # The (model, width) options of the networks every EM run trains.
     networks: ClassVar = (("clf_model", "clf_width"), ("dfr_model", "dfr_width"))
 
@@ -93,7 +92,6 @@ class EMOptions(MethodOptions):
 class OneNetworkOptions(MethodOptions):
     """The one network of the surrogate methods (C + K outputs)."""
 
-    title = "methods softmax and ova"
     networks: ClassVar = (("model", "width"),)
 
     model: str = option("preact_resnet10", "the network", choices=MODEL_NAMES)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from l2d.annotations import MISSING
 from l2d.data.images import IMAGE_SUFFIXES
 from l2d.errors import L2DError
 from l2d.evaluation.metrics import safe_ratio
@@ -88,11 +89,11 @@ def image_files_of_manifest(path: Path) -> tuple[list[str], np.ndarray | None]:
 
 def expert_answers(manifests: list[str], files: list[str], num_experts: int) -> np.ndarray:
     """int ``[N, K]``: each expert's label for each of ``files``, from manifests of the run's
-    experts in order (matched by file, as in training; -1 where an expert gave none)."""
+    experts in order (matched by file, as in training; ``MISSING`` where an expert gave none)."""
     if len(manifests) != num_experts:
         raise L2DError(f"--expert-files: gives {len(manifests)} manifests, the run has "
                        f"{num_experts} experts")
-    answers = np.full((len(files), num_experts), -1)
+    answers = np.full((len(files), num_experts), MISSING)
     row = {file: i for i, file in enumerate(files)}
     for k, manifest in enumerate(map(Path, manifests)):
         for i, entry in enumerate(read_entries(manifest)):
