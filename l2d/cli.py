@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import l2d
-from l2d import __version__
+from l2d import __version__, jax_runtime
 from l2d.config import (
     METHOD,
     SHARED_GROUPS,
@@ -280,13 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_jax(runtime: RuntimeOptions) -> None:
-    """JAX's start-up (``l2d.jax_runtime``), imported only by the commands that compute."""
-    from l2d import jax_runtime
-
-    jax_runtime.start_jax(runtime)
-
-
 def run_train_command(given: dict) -> None:
     mode = given.pop("mode", "train")
     resume = given.pop("resume", False)
@@ -341,7 +334,7 @@ def run_export_command(args: dict) -> None:
     # One process reads the checkpoint, whatever the run was trained on.
     config = folder.load_config().replace(coordinator_address=None, num_processes=1,
                                           process_id=0)
-    start_jax(config.runtime)
+    jax_runtime.start_jax(config.runtime)
     from l2d.serving.export import export
 
     uri = export(config, folder, tracker, register_model=args["register_model"])
@@ -354,7 +347,7 @@ def run_predict_command(args: dict) -> None:
 
     tracker = open_run_store(args["tracking_uri"], args["run_id"])
     source = args["images"] or args["manifest"]
-    start_jax(RuntimeOptions())
+    jax_runtime.start_jax(RuntimeOptions())
     from l2d.serving import predict
     from l2d.serving.pyfunc import load_trained_system
 

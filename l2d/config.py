@@ -192,7 +192,7 @@ class EvaluationOptions(Options):
 
     def validate(self) -> None:
         self.check_choices()
-        if self.test_workload == "enforce" and self.min_share is None and self.max_share is None:
+        if self.test_workload == "enforce" and not self.bounded:
             raise invalid("test_workload", self.test_workload, "needs --max-share or --min-share")
 
     @property
