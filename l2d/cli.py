@@ -78,28 +78,33 @@ def add_option(group, declared: Option) -> None:
 
 
 def method_option_groups() -> list[tuple[str, list[Option]]]:
-    """Each distinct options class of the registered methods, once, titled by the methods that
-    read it, with its options; a flag that two classes declare differently is a programming
-    error of the registry."""
-    groups, seen = [], {}
+    """The methods' options grouped by the methods that read them (``--clf-model``: every
+    method with a separate classifier), each group titled by its readers, in the registry's
+    order; a flag that two options classes declare differently is a programming error of the
+    registry."""
+    readers: dict[str, list[str]] = {}
+    declarations: dict[str, tuple[str, Option]] = {}
     for entry in METHODS.values():
-        if any(entry.options is cls for cls, _, _ in groups):
-            continue
-        readers = [name for name, other in METHODS.items() if other.options is entry.options]
-        title = f"method{'s' if len(readers) > 1 else ''} {' and '.join(readers)}"
-        own = []
         for declared in entry.options.declared():
-            if declared.name in seen:
-                if seen[declared.name][1:] != (declared.type, declared.default,
-                                               declared.declaration):
+            if declared.name in declarations:
+                first_class, first = declarations[declared.name]
+                if (first.type, first.default, first.declaration) != (
+                        declared.type, declared.default, declared.declaration):
                     raise ValueError(f"{declared.flag} is declared differently by "
-                                     f"{seen[declared.name][0]} and {entry.options.__name__}")
-                continue
-            seen[declared.name] = (entry.options.__name__, declared.type, declared.default,
-                                   declared.declaration)
-            own.append(declared)
-        groups.append((entry.options, title, own))
-    return [(title, own) for _, title, own in groups]
+                                     f"{first_class} and {entry.options.__name__}")
+            else:
+                declarations[declared.name] = (entry.options.__name__, declared)
+            readers.setdefault(declared.name, []).append(entry.name)
+    groups: dict[tuple[str, ...], list[Option]] = {}
+    for name, methods in readers.items():
+        groups.setdefault(tuple(methods), []).append(declarations[name][1])
+    return [(f"method{'s' if len(methods) > 1 else ''} {names_list(methods)}", declared)
+            for methods, declared in groups.items()]
+
+
+def names_list(names: tuple[str, ...]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def train_option_groups() -> list[tuple[str, list[Option]]]:

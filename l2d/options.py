@@ -251,3 +251,9 @@ class MethodOptions(Options):
         """Whether the expert manifests may lack annotations (``--allow-missing-annotations``
         of the methods that handle them)."""
         return False
+
+    def resolved(self, config: Any, stored_config_of: Any) -> dict[str, Any]:
+        """Values a run records when it starts, worked out from ``config`` (a ``TrainConfig``
+        whose classes and image shape are known) and earlier runs (``stored_config_of(run_id, flag)``,
+        their ``TrainConfig``, or an L2DError naming ``flag``, the flag that named the run): flat name -> value; none unless the method needs some."""
+        return {}

@@ -54,9 +54,11 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         config.save(self.config_file)
 
-    def load_config(self) -> TrainConfig:
+    def load_config(self, *, flag: str = "--run-id") -> TrainConfig:
+        """The run's stored configuration; L2DError naming ``flag`` (the flag that named the
+        run) when there is none."""
         if not self.config_file.is_file():
-            raise L2DError(f"--run-id={self.run_id}: no {self.config_file} (is --artifact-path "
+            raise L2DError(f"{flag}={self.run_id}: no {self.config_file} (is --artifact-path "
                            "right?)")
         return TrainConfig.load(self.config_file)
 
@@ -97,3 +99,15 @@ class RunFolder:
             self.checkpoints, parallel.abstract(template), seed=training.seed,
             method=method.name, abstract_totals=abstract_totals)
         return graphdef, restored
+
+    def trained_model(self, parallel, *, flag: str = "--run-id"):
+        """``(method, model)``: the run's method, built from its stored configuration, and its
+        model as the latest checkpoint holds it (``flag``: as for ``load_config``)."""
+        from flax import nnx
+
+        from l2d.train_state import method_of
+
+        config = self.load_config(flag=flag)
+        method = method_of(config)
+        graphdef, restored = self.restore(method, config.training, parallel)
+        return method, nnx.merge(graphdef, restored.state)[0]

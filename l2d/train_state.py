@@ -13,7 +13,7 @@ from flax import nnx
 
 from l2d.config import TrainConfig, TrainingOptions
 from l2d.methods import make_method
-from l2d.methods.base import Method, Problem
+from l2d.methods.base import Method, Problem, trainable
 
 
 def method_of(config: TrainConfig) -> Method:
@@ -43,11 +43,12 @@ def make_optimizer(training: TrainingOptions, total_steps: int) -> optax.Gradien
 
 
 def create_state(method: Method, training: TrainingOptions, total_steps: int):
-    """``(model, optimizer)``: the method's networks, initialised from ``training.seed``."""
+    """``(model, optimizer)``: the method's networks, initialised from ``training.seed``; the
+    optimizer trains the method's ``trainable`` parameters."""
     # Threefry keys (JAX's default) draw the same numbers on every platform, so initialisation
     # is a function of the seed alone, on a CPU as on a GPU.
     model = method.create_model(nnx.Rngs(params=jax.random.key(training.seed)))
-    return model, nnx.Optimizer(model, make_optimizer(training, total_steps), wrt=nnx.Param)
+    return model, nnx.Optimizer(model, make_optimizer(training, total_steps), wrt=trainable(method))
 
 
 def build_state(

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import Method
+from l2d.methods.base import Method, trainable
 from l2d.preprocess import augment, normalise
 
 # Also summed, never logged: steps whose gradients or updated parameters were not finite. A loss
@@ -47,7 +47,7 @@ def make_train_step(
             images = augment(augment_key, images)
         inputs = normalise(images, channel_mean, channel_std)
         grads, measurements = nnx.grad(
-            method.loss, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(
+            method.loss, argnums=nnx.DiffState(0, trainable(method)), has_aux=True)(
                 model, inputs, batch, method_key)
         optimizer.update(model, grads)
         finite = all_finite(grads) & all_finite(nnx.state(model, nnx.Param))

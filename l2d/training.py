@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 import l2d
@@ -26,6 +27,7 @@ from l2d.data.dataset import Dataset, load_dataset
 from l2d.data.pipeline import train_batches, train_steps_per_epoch
 from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
 from l2d.evaluation.accuracy_coverage import CURVE_FILE
+from l2d.evaluation.calibration import CALIBRATION_FILE, calibration_report
 from l2d.evaluation.evaluate import check_test_workload, evaluate_split, make_predict_step
 from l2d.evaluation.metrics import ACCURACY, AUC, COVERAGE, deferral_table, summarise
 from l2d.evaluation.stored_run import missing_counts
@@ -56,11 +58,14 @@ class RunResult:
 
 
 def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
-    """The config with every derived value written in: classes, image shape and normalisation
-    statistics."""
+    """The config with every derived value written in: classes, image shape, what the method
+    records from earlier runs (``MethodOptions.resolved``) and normalisation statistics."""
+    config = config.replace(num_classes=dataset.num_classes, image_shape=dataset.image_shape)
+    artifact_path = config.tracking.artifact_path
+    config = config.replace(**config.method_options.resolved(
+        config, lambda run_id, flag: RunFolder.of(artifact_path, run_id).load_config(flag=flag)))
     mean, std = dataset.normalisation(config.data.norm_mean, config.data.norm_std)
     return config.replace(
-        num_classes=dataset.num_classes, image_shape=dataset.image_shape,
         norm_mean=tuple(round(float(m), 6) for m in mean),
         norm_std=tuple(round(float(s), 6) for s in std))
 
@@ -75,6 +80,11 @@ def initial_state(config, method, steps_per_epoch, parallel, opening, resume_run
     total_steps = config.training.num_epochs * steps_per_epoch
     if resume_run_id is None:
         graphdef, state = build_state(method, config.training, total_steps=total_steps)
+        if hasattr(method, "warm_start"):
+            model, optimizer = nnx.merge(graphdef, state)
+            method.warm_start(model, lambda run_id, flag: RunFolder.of(
+                config.tracking.artifact_path, run_id).trained_model(parallel, flag=flag))
+            state = nnx.state((model, optimizer))
         return graphdef, parallel.replicate(state), None
     check_resumable(opening.result(), resume_run_id)
     graphdef, restored = RunFolder.of(config.tracking.artifact_path, resume_run_id).restore(
@@ -222,7 +232,8 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
     """The epoch loop from where ``restored`` stands (None: the start); return the last epoch's
     (test metrics, counts) and the trained state.
 
-    Every evaluation logs the test metrics and the accuracy-coverage curve. A Ctrl-C or SIGTERM
+    Every evaluation logs the test metrics, the accuracy-coverage curve and the calibration
+    bins. A Ctrl-C or SIGTERM
     takes effect after the step it came in (or after the epoch's end): the state there is saved
     (one process only; see ``save_and_stop``), then the run stops.
     """
@@ -236,6 +247,8 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
                                     runtime=config.runtime, evaluation=config.evaluation,
                                     parallel=parallel)
         tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
+        tracker.log_dict({"epoch": epoch, **calibration_report(evaluation.counts)},
+                         CALIBRATION_FILE)
         return {**summarise(evaluation.counts), AUC: evaluation.curve.area()}, evaluation.counts
 
     def save_and_stop(state, totals, position, *, saved_at_epoch_end=False):

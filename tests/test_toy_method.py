@@ -12,7 +12,7 @@ import pytest
 from conftest import in_process_cli, load, train_argv
 
 from l2d.methods import METHODS, Registered
-from l2d.methods.base import Problem, training_coverage
+from l2d.methods.base import Decision, Problem, training_coverage
 from l2d.methods.options import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
 from l2d.models import build_model
 from l2d.options import MethodOptions, check_at_least, option
@@ -62,7 +62,7 @@ class Toy:
 
     def decide(self, model, inputs):
         logits = model(inputs)
-        return self.scores(logits), logits
+        return Decision(self.scores(logits), logits, jax.nn.softmax(logits, axis=-1))
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Evaluation of any method on a whole split: per-input outputs, routing, counts and the curve.
 
 A jitted step runs the method's ``decide`` on each batch (eval-mode BatchNorm) and keeps, per
-input, the option scores and the classifier's class; they are fetched once per split. Routing
+input, the option scores, the classifier's class and top probability, and the method's estimate
+of each expert's P(right) if it makes one; they are fetched once per split. Routing
 then sees the whole split at once, on the host: each input goes to its highest-scored available
 option (the classifier, and the experts whose annotation the manifest has: an expert without one
 is not there to ask), or, with workload bounds enforced, the split is assigned as a whole
@@ -24,6 +25,7 @@ from l2d.data.manifest import SplitRecords
 from l2d.data.pipeline import eval_batches
 from l2d.errors import L2DError
 from l2d.evaluation.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
+from l2d.evaluation.calibration import bin_counts
 from l2d.methods.base import Method
 from l2d.preprocess import normalise
 from l2d.workload import assign_with_bounds, share_bounds
@@ -33,8 +35,8 @@ def make_predict_step(
     graphdef: nnx.GraphDef, *, method: Method, channel_mean: jax.Array, channel_std: jax.Array,
     replicated: jax.sharding.Sharding,
 ) -> Callable:
-    """Build ``step(state, batch) -> {"scores": [B, K + 1], "class_prediction": [B]}``, jitted,
-    its output ``replicated`` over the devices the batch is sharded over."""
+    """Build ``step(state, batch) -> decide_on_images(...)``, jitted, its output ``replicated``
+    over the devices the batch is sharded over."""
 
     def step(state, batch):
         model, _ = nnx.merge(graphdef, state)
@@ -46,12 +48,18 @@ def make_predict_step(
 
 def decide_on_images(model, method: Method, images: jax.Array, channel_mean: jax.Array,
                      channel_std: jax.Array) -> dict[str, jax.Array]:
-    """``{"scores": [B, K + 1], "class_prediction": [B]}`` of uint8 images, the model in eval
+    """``{"scores": [B, K + 1], "class_prediction": [B], "class_confidence": [B]}`` of uint8
+    images, and ``"expert_correct": [B, K]`` where the method estimates it, the model in eval
     mode; traced inside the jitted steps of evaluation and of a trained system."""
-    scores, class_logits = method.decide(model, normalise(images, channel_mean, channel_std))
+    decision = method.decide(model, normalise(images, channel_mean, channel_std))
     # In float32 whatever the compute dtype: bfloat16 would merge distinct scores.
-    return {"scores": scores.astype(jnp.float32),
-            "class_prediction": jnp.argmax(class_logits, axis=-1).astype(jnp.int32)}
+    outputs = {"scores": decision.scores.astype(jnp.float32),
+               "class_prediction": jnp.argmax(decision.class_logits, axis=-1).astype(jnp.int32),
+               "class_confidence": jnp.max(decision.class_probabilities, axis=-1).astype(
+                   jnp.float32)}
+    if decision.expert_correct is not None:
+        outputs["expert_correct"] = decision.expert_correct.astype(jnp.float32)
+    return outputs
 
 
 def available_options(expert_labels: np.ndarray) -> np.ndarray:
@@ -89,15 +97,25 @@ class SplitEvaluation:
     chosen: np.ndarray  # int [N]: the option each input went to (K: the classifier).
 
 
-def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int
-          ) -> dict[str, np.ndarray]:
+def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int,
+          class_confidence=None, expert_correct=None) -> dict[str, np.ndarray]:
     """Counts over a split (every argument per input): the system's, the classifier's and each
-    expert's right answers, and the inputs routed to each option, by true class."""
+    expert's right answers, the inputs routed to each option, by true class, and the
+    calibration bins (``l2d.evaluation.calibration``) of the classifier's top probability and of
+    the estimated P(expert right), where given, over the inputs each expert annotated."""
     options = expert_labels.shape[1] + 1
     correct = system_predictions(chosen, class_prediction, expert_labels) == labels
     routed = np.eye(options)[chosen]
     present = expert_labels != MISSING
-    return {
+    calibration = {}
+    if class_confidence is not None:
+        calibration["clf_calibration"] = bin_counts(class_confidence, class_prediction == labels)
+    if expert_correct is not None:
+        experts_right = expert_labels == labels[:, None]
+        calibration["expert_calibration"] = np.stack([
+            bin_counts(expert_correct[:, k], experts_right[:, k], present[:, k])
+            for k in range(options - 1)])
+    return {**calibration,
         "samples": np.float64(labels.size),
         "system_correct": np.float64(correct.sum()),
         "clf_correct": np.float64((class_prediction == labels).sum()),
@@ -111,7 +129,8 @@ def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int
 
 
 def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_classes: int,
-                     share_bounds=None) -> SplitEvaluation:
+                     share_bounds=None, class_confidence=None,
+                     expert_correct=None) -> SplitEvaluation:
     """Route a split's inputs and count; the curve moves inputs between the classifier and its
     best available expert (see ``l2d.evaluation.accuracy_coverage``)."""
     available = available_options(expert_labels)
@@ -123,7 +142,8 @@ def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_cla
     curve = accuracy_coverage_curve(
         margin=masked[:, -1].astype(np.float64) - np.max(masked[:, :-1], axis=1),
         clf_correct=class_prediction == labels, deferred_correct=best_label == labels)
-    counts = tally(chosen, class_prediction, labels, expert_labels, num_classes=num_classes)
+    counts = tally(chosen, class_prediction, labels, expert_labels, num_classes=num_classes,
+                   class_confidence=class_confidence, expert_correct=expert_correct)
     return SplitEvaluation(counts, curve, chosen)
 
 
@@ -160,8 +180,10 @@ def evaluate_split(predict_step, state, split: SplitRecords, images, *, num_clas
     # Fetched once at the end: no host sync per batch. The padding rows come last.
     outputs = parallel.fetch([predict_step(state, parallel.put_batch(batch))
                               for batch in batches])
-    scores, class_prediction = (np.concatenate([out[name] for out in outputs])[:split.num_samples]
-                                for name in ("scores", "class_prediction"))
-    return evaluate_outputs(scores, class_prediction, split.labels, split.expert_labels,
-                            num_classes=num_classes,
-                            share_bounds=enforced_bounds(evaluation, split.num_experts + 1))
+    per_input = {name: np.concatenate([out[name] for out in outputs])[:split.num_samples]
+                 for name in outputs[0]}
+    return evaluate_outputs(per_input["scores"], per_input["class_prediction"], split.labels,
+                            split.expert_labels, num_classes=num_classes,
+                            share_bounds=enforced_bounds(evaluation, split.num_experts + 1),
+                            class_confidence=per_input["class_confidence"],
+                            expert_correct=per_input.get("expert_correct"))

@@ -8,11 +8,20 @@ import math
 
 import numpy as np
 
+from l2d.evaluation.calibration import expected_calibration_error
+
 ACCURACY = "accuracy"  # The system's accuracy.
 COVERAGE = "coverage/test"  # Share of test inputs the classifier keeps.
 CLF_ACCURACY = "clf_accuracy/all"  # The classifier alone, on every input.
 CLF_ACCURACY_KEPT = "clf_accuracy/kept"  # The classifier on the inputs it keeps.
 AUC = "accuracy_coverage/auc"  # Area under the accuracy-coverage curve.
+# Expected calibration error of the classifier's top probability (l2d.evaluation.calibration).
+CLF_ECE = "calibration/classifier/ece"
+
+
+def expert_ece(k: int) -> str:
+    """ECE of the method's estimate of P(expert k right), on the inputs k annotated."""
+    return f"calibration/expert_{k}/ece"
 
 
 def expert_share(k: int) -> str:
@@ -52,6 +61,10 @@ def summarise(counts: dict[str, np.ndarray]) -> dict[str, float]:
         metrics[expert_accuracy_received(k)] = safe_ratio(routed_correct[k], routed[k])
         metrics[expert_accuracy_alone(k)] = safe_ratio(counts["expert_correct"][k],
                                                        counts["expert_present"][k])
+    if "clf_calibration" in counts:
+        metrics[CLF_ECE] = expected_calibration_error(counts["clf_calibration"])
+    for k, bins in enumerate(counts.get("expert_calibration", ())):
+        metrics[expert_ece(k)] = expected_calibration_error(bins)
     return metrics
 
 

@@ -9,6 +9,7 @@ from l2d.annotations import MISSING
 from l2d.config import TrainConfig
 from l2d.data.dataset import load_test_split
 from l2d.errors import L2DError
+from l2d.evaluation.calibration import calibration_report
 from l2d.evaluation.evaluate import check_test_workload, evaluate_split, make_predict_step
 from l2d.evaluation.metrics import AUC, deferral_table, missing_annotations, summarise
 from l2d.parallel import data_parallel
@@ -68,6 +69,7 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
               "metrics": metrics,
               "deferral_table": deferral_table(evaluation.counts, data.options()),
               "accuracy_coverage": evaluation.curve.to_json(),
+              "calibration": calibration_report(evaluation.counts),
               # Per ground-truth entry, in manifest order: the option chosen (the experts in
               # --test-files order, then the classifier).
               "routed_to": evaluation.chosen.tolist()}

@@ -16,10 +16,17 @@ from collections.abc import Mapping
 
 from l2d.errors import L2DError
 from l2d.methods.options import (
+    CONFIDENCE_MEASUREMENTS,
     EM_MEASUREMENTS,
+    SELECTIVE_MEASUREMENTS,
     SURROGATE_MEASUREMENTS,
+    TWO_STAGE_MEASUREMENTS,
+    ClassifierOptions,
+    ConfidenceOptions,
     EMOptions,
     OneNetworkOptions,
+    RealizableSurrogateOptions,
+    TwoStageOptions,
 )
 from l2d.options import MethodOptions
 
@@ -53,6 +60,21 @@ METHODS: dict[str, Registered] = {entry.name: entry for entry in (
                OneNetworkOptions, SURROGATE_MEASUREMENTS, "l2d.methods.softmax:Softmax"),
     Registered("ova", "one network with C + K outputs, the one-vs-all surrogate",
                OneNetworkOptions, SURROGATE_MEASUREMENTS, "l2d.methods.ova:OneVsAll"),
+    Registered("rs", "one network with C + K outputs, the realizable surrogate",
+               RealizableSurrogateOptions, SURROGATE_MEASUREMENTS,
+               "l2d.methods.realizable_surrogate:RealizableSurrogate"),
+    Registered("asm", "one network with C + K outputs, the asymmetric softmax",
+               OneNetworkOptions, SURROGATE_MEASUREMENTS,
+               "l2d.methods.asymmetric_softmax:AsymmetricSoftmax"),
+    Registered("confidence", "a classifier and a network of each expert's P(right), compared",
+               ConfidenceOptions, CONFIDENCE_MEASUREMENTS,
+               "l2d.methods.confidence:ConfidenceComparison"),
+    Registered("two_stage", "a classifier (or an earlier run's, frozen), then a rejector over "
+               "K + 1 options trained on their costs", TwoStageOptions, TWO_STAGE_MEASUREMENTS,
+               "l2d.methods.two_stage:TwoStage"),
+    Registered("selective", "a classifier alone; its least confident inputs go to the expert "
+               "best in training", ClassifierOptions, SELECTIVE_MEASUREMENTS,
+               "l2d.methods.selective:Selective"),
 )}
 
 

@@ -8,22 +8,29 @@ Notation: C classes, K experts. A method owns its network(s) and its loss; the r
 (training step, evaluation, checkpoints, tracking, plots) only uses what is declared here:
 
 - ``create_model(rngs)``: the method's networks as one ``nnx.Module``, trained by one optimizer
-  over all its ``nnx.Param``s.
+  over its ``nnx.Param``s (see ``trainable``).
 - ``loss(model, inputs, batch, key) -> (loss, measurements)``: the scalar to minimise on one
   training batch (model in training mode) and named scalars to report; the names are exactly
   ``measurements``' keys. ``inputs`` are the normalised (and augmented) images ``[B, H, W, C_in]``;
   ``batch`` holds ``label`` ``[B]`` and ``expert_labels`` ``[B, K]`` (``MISSING`` where an expert
   gave no annotation, which only EM accepts); ``key`` is a fresh PRNG key
   per step for methods that sample.
-- ``decide(model, inputs) -> (scores, class_logits)``: ``scores`` ``[B, K + 1]``, higher is
-  preferred, the experts first and the classifier last; the system defers to the expert with the
-  highest score unless the classifier's is higher. ``class_logits`` ``[B, C]``: the classifier's
-  answer when it keeps an input.
+- ``decide(model, inputs) -> Decision``: per input, the options' scores, the classifier's
+  answer and probabilities, and the method's estimate of each expert's P(right), if it has one.
+
+Two optional members, for methods that build on an earlier run (``two_stage``):
+
+- ``trainable``: the ``nnx`` filter of the parameters the optimizer trains (default
+  ``nnx.Param``: all of them); see ``trainable``.
+- ``warm_start(model, trained_model)``: called once when a new run starts, outside any jit, with
+  the initialised model and ``trained_model(run_id, flag) -> (method, model)``, an earlier
+  run's (``flag``: the flag that named the run, for errors); it may overwrite parts of
+  ``model`` in place.
 """
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +57,20 @@ class Problem:
         return jnp.dtype(self.compute_dtype)
 
 
+class Decision(NamedTuple):
+    """What a method decides on a batch of inputs (model in eval mode)."""
+
+    # [B, K + 1], higher is preferred, the experts first and the classifier last: the system
+    # defers to the expert with the highest score unless the classifier's is higher.
+    scores: jax.Array
+    # [B, C]: the classifier's answer (its argmax) when it keeps an input.
+    class_logits: jax.Array
+    # [B, C]: the method's estimate of P(y = c | x) (its top value's calibration is measured).
+    class_probabilities: jax.Array
+    # [B, K]: the method's estimate of P(expert k is right | x), or None if it makes none.
+    expert_correct: jax.Array | None = None
+
+
 class Method(Protocol):
     """What a method provides; see the module docstring."""
 
@@ -66,7 +87,12 @@ class Method(Protocol):
     def loss(self, model: Any, inputs: jax.Array, batch: dict[str, jax.Array],
              key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
-    def decide(self, model: Any, inputs: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+    def decide(self, model: Any, inputs: jax.Array) -> Decision: ...
+
+
+def trainable(method: Method) -> Any:
+    """The filter of the parameters that ``method`` trains: its ``trainable``, else all."""
+    return getattr(method, "trainable", nnx.Param)
 
 
 def training_coverage(scores: jax.Array) -> jax.Array:
@@ -76,3 +102,15 @@ def training_coverage(scores: jax.Array) -> jax.Array:
     network (batch-statistics BatchNorm) on augmented images, not the test-time decision.
     """
     return jnp.mean(jnp.argmax(scores, axis=-1) == scores.shape[-1] - 1).astype(jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``[B]``: -log softmax(logits)_y, in float32."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+
+
+def top_log_probability(probabilities: jax.Array) -> jax.Array:
+    """``[B, 1]``: log max_c of the classifier's probabilities, the classifier's score in the
+    baselines that compare it with the experts' estimated P(right)."""
+    return jnp.log(jnp.max(probabilities, axis=-1, keepdims=True))

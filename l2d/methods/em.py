@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l2d.annotations import MISSING
-from l2d.methods.base import Problem, training_coverage
+from l2d.methods.base import Decision, Problem, training_coverage
 from l2d.methods.options import (
     ANNOTATION_LOSS,
     CLF_LOSS,
@@ -270,5 +270,8 @@ class EM:
         all of them otherwise (None)."""
         return available_options(expert_labels) if self.missing == "exclude" else None
 
-    def decide(self, model: EMNetworks, inputs):
-        return model.gate(inputs), model.classifier(inputs)
+    def decide(self, model: EMNetworks, inputs) -> Decision:
+        # The gate's q(z | x) is a choice among options, not P(expert right): no estimate.
+        clf_logits = model.classifier(inputs)
+        return Decision(model.gate(inputs), clf_logits,
+                        jax.nn.softmax(clf_logits.astype(jnp.float32), axis=-1))

@@ -4,7 +4,8 @@ Outputs ``[B, C + K]``: the C class outputs first, then one deferral output per 
 time the system takes the argmax over all C + K outputs: a class output winning means the
 classifier answers with that class, expert k's output winning means deferring to expert k. As
 method scores (``[B, K + 1]``, classifier last) that is the K deferral outputs followed by the
-best class output. A subclass supplies only its per-sample loss.
+best class output. A subclass supplies its per-sample loss and, where its outputs mean
+something else, its scores and probability estimates.
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import Problem, training_coverage
+from l2d.methods.base import Decision, Problem, training_coverage
 from l2d.methods.options import (
     SURROGATE_LOSS,
     SURROGATE_MEASUREMENTS,
@@ -57,9 +58,19 @@ class OneNetworkMethod:
         return loss, {SURROGATE_LOSS: loss,
                       TRAIN_COVERAGE: training_coverage(self.scores(outputs))}
 
-    def decide(self, model: nnx.Module, inputs):
-        outputs = model(inputs)
-        return self.scores(outputs), outputs[:, :self.num_classes]
+    def decide(self, model: nnx.Module, inputs) -> Decision:
+        outputs = model(inputs).astype(jnp.float32)
+        class_outputs = outputs[:, :self.num_classes]
+        return Decision(self.scores(outputs), class_outputs,
+                        self.class_probabilities(outputs), self.expert_correct(outputs))
+
+    def class_probabilities(self, outputs: jax.Array) -> jax.Array:
+        """``[B, C]``: the softmax of the class outputs alone."""
+        return jax.nn.softmax(outputs[:, :self.num_classes], axis=-1)
+
+    def expert_correct(self, outputs: jax.Array) -> jax.Array | None:
+        """``[B, K]``: the estimate of P(expert k is right | x) the loss implies, if any."""
+        return None
 
     def scores(self, outputs: jax.Array) -> jax.Array:
         """``[B, K + 1]``: the deferral outputs, then the best class output."""

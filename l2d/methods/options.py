@@ -7,10 +7,20 @@ the CLI builds ``--help`` and checks flags without importing JAX; the registry
 """
 
 import dataclasses
+import json
 from typing import ClassVar
 
 from l2d.errors import L2DError
-from l2d.options import ON_TEST, MethodOptions, check_at_least, flag_of, invalid, option
+from l2d.options import (
+    ON_TEST,
+    MethodOptions,
+    check_at_least,
+    derived,
+    flag_of,
+    invalid,
+    option,
+    shown,
+)
 
 # The networks a method's options can name (``l2d.models.MODELS``) and their default widths.
 MODEL_NAMES = ("cnn", "preact_resnet10")
@@ -37,17 +47,46 @@ SURROGATE_MEASUREMENTS = {
     SURROGATE_LOSS: "Surrogate loss (training)",
     TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
 }
+# The baselines that train a classifier by cross-entropy (CLF_LOSS) beside another network.
+EXPERT_MODEL_LOSS = "loss/experts_right"
+REJECTOR_LOSS = "loss/rejector"
+CONFIDENCE_MEASUREMENTS = {
+    CLF_LOSS: "Classifier cross-entropy (training)",
+    EXPERT_MODEL_LOSS: "Expert network's logistic loss of 'expert k is right' (training)",
+    TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
+}
+TWO_STAGE_MEASUREMENTS = {
+    CLF_LOSS: "Classifier cross-entropy (training; not with --classifier-run)",
+    REJECTOR_LOSS: "Rejector's cost-sensitive loss (training)",
+    TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
+}
+SELECTIVE_MEASUREMENTS = {
+    CLF_LOSS: "Classifier cross-entropy (training)",
+    TRAIN_COVERAGE: TRAIN_COVERAGE_DESCRIPTION,
+}
 
 
 @dataclasses.dataclass(frozen=True)
-class EMOptions(MethodOptions):
+class ClassifierOptions(MethodOptions):
+    """The classifier network of the methods that train one apart from their other networks."""
+
+    networks: ClassVar = (("clf_model", "clf_width"),)
+
+    clf_model: str = option("cnn", "the classifier network", choices=MODEL_NAMES)
+    clf_width: int | None = option(None, f"the classifier's width {WIDTH_HELP}")
+
+    def validate(self) -> None:
+        self.check_choices()
+        check_at_least(self, ("clf_width",), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EMOptions(ClassifierOptions):
     """EM's networks, E-step, classifier weighting and missing annotations."""
 
     # The (model, width) options of the networks every EM run trains.
     networks: ClassVar = (("clf_model", "clf_width"), ("dfr_model", "dfr_width"))
 
-    clf_model: str = option("cnn", "the classifier network", choices=MODEL_NAMES)
-    clf_width: int | None = option(None, f"the classifier's width {WIDTH_HELP}")
     dfr_model: str = option("preact_resnet10", "the gating (deferral) network",
                             choices=MODEL_NAMES)
     dfr_width: int | None = option(None, f"the gating network's width {WIDTH_HELP}")
@@ -100,3 +139,86 @@ class OneNetworkOptions(MethodOptions):
     def validate(self) -> None:
         self.check_choices()
         check_at_least(self, ("width",), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealizableSurrogateOptions(OneNetworkOptions):
+    """The realizable surrogate's mixing weight."""
+
+    rs_alpha: float = option(
+        1.0, "alpha of the realizable surrogate: alpha x its deferral term + (1 - alpha) x the "
+        "classifier's cross-entropy")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.rs_alpha <= 1:
+            raise invalid("rs_alpha", self.rs_alpha, "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceOptions(ClassifierOptions):
+    """Confidence comparison: the classifier and the network of the experts' P(right)."""
+
+    networks: ClassVar = (("clf_model", "clf_width"), ("expert_model", "expert_width"))
+
+    expert_model: str = option("preact_resnet10", "the network estimating each expert's "
+                               "P(right | x) (K logistic outputs)", choices=MODEL_NAMES)
+    expert_width: int | None = option(None, f"its width {WIDTH_HELP}")
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, ("expert_width",), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoStageOptions(ClassifierOptions):
+    """Two-stage deferral: a classifier (trained here, or an earlier run's, frozen) and the
+    rejector trained on its costs."""
+
+    networks: ClassVar = (("clf_model", "clf_width"), ("rejector_model", "rejector_width"))
+
+    rejector_model: str = option("preact_resnet10", "the rejector network (K + 1 outputs: the "
+                                 "experts, then the classifier)", choices=MODEL_NAMES)
+    rejector_width: int | None = option(None, f"its width {WIDTH_HELP}")
+    classifier_run: str | None = option(
+        None, "take the classifier, frozen, from this earlier l2d run (same store and artifact "
+        "folder, same classes and image shape), instead of training one", metavar="RUN_ID")
+    # With --classifier-run: that run's method, its options (JSON) and its number of experts,
+    # recorded when this run starts, so that its classifier is rebuilt without that run.
+    classifier_method: str | None = derived()
+    classifier_options: str | None = derived()
+    classifier_experts: int | None = derived()
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, ("rejector_width",), 1)
+
+    def resolved(self, config, stored_config_of) -> dict:
+        """With --classifier-run, once: that run's method, options and number of experts, and
+        its normalisation, which its classifier was trained with (the rejector adopts it)."""
+        if self.classifier_run is None or self.classifier_method is not None:
+            return {}
+        flag = f"{flag_of('classifier_run')}={self.classifier_run}"
+        source = stored_config_of(self.classifier_run, flag_of('classifier_run'))
+        data = config.data
+        for name in ("num_classes", "image_shape"):
+            theirs, ours = getattr(source.data, name), getattr(data, name)
+            if theirs != ours:
+                raise L2DError(f"{flag}: that run has {name} {shown(theirs)}, this data "
+                               f"{shown(ours)}")
+        for name in ("norm_mean", "norm_std"):
+            given, theirs = getattr(data, name), getattr(source.data, name)
+            if given is not None and tuple(given) != tuple(theirs):
+                raise L2DError(f"{flag_of(name)}={shown(given)}: the classifier of "
+                               f"{flag} was trained with {shown(theirs)}; omit the flag")
+        return {"classifier_method": source.method,
+                "classifier_options": json.dumps(source.method_options.values()),
+                "classifier_experts": source.data.num_experts,
+                "norm_mean": source.data.norm_mean, "norm_std": source.data.norm_std}
+
+    def check_given(self, given: set[str]) -> None:
+        if self.classifier_run is not None:
+            for name in ("clf_model", "clf_width"):
+                if name in given:
+                    raise L2DError(f"{flag_of(name)}: not with --classifier-run, whose run "
+                                   "brings its own classifier")

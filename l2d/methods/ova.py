@@ -6,7 +6,8 @@ C + K independent logistic outputs g, phi(s) = log(1 + e^-s) (the logistic loss)
            + sum_k [1[t_k = y] phi(g_(C+k)) + (1 - 1[t_k = y]) phi(-g_(C+k))]
 
 Each class output is a one-vs-all classifier of its class; each expert output is a binary
-classifier of "expert k is right on this input".
+classifier of "expert k is right on this input": its sigmoid is the method's estimate of
+P(expert k is right | x), and the sigmoid of a class output that of P(y = c | x).
 """
 
 import jax
@@ -38,3 +39,9 @@ def ova_surrogate_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax
 class OneVsAll(OneNetworkMethod):
     name = "ova"
     surrogate_loss = staticmethod(ova_surrogate_loss)
+
+    def class_probabilities(self, outputs):
+        return jax.nn.sigmoid(outputs[:, :self.num_classes])
+
+    def expert_correct(self, outputs):
+        return jax.nn.sigmoid(outputs[:, self.num_classes:])
