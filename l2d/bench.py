@@ -75,7 +75,8 @@ CHANNEL_STD = (0.25, 0.25, 0.25)
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-    """The networks of a benchmark configuration: EM's two, and the surrogate methods' one."""
+    """The networks of a benchmark configuration: EM's two, the surrogate methods' one, and the
+    baselines' expert network and rejector (beside the classifier)."""
 
     clf_model: str
     clf_width: int
@@ -83,6 +84,10 @@ class Models:
     dfr_width: int
     model: str
     width: int
+    expert_model: str
+    expert_width: int
+    rejector_model: str
+    rejector_width: int
 
     def of(self, method: str) -> dict[str, Any]:
         """The fields that ``method`` trains with."""
@@ -96,9 +101,11 @@ def networks(method: str) -> tuple[tuple[str, str], ...]:
 
 PRESETS = {
     # TrainConfig's defaults: the models a CIFAR-10 run trains.
-    "default": Models("cnn", 32, "preact_resnet10", 64, "preact_resnet10", 64),
+    "default": Models("cnn", 32, "preact_resnet10", 64, "preact_resnet10", 64,
+                      "preact_resnet10", 64, "preact_resnet10", 64),
     # CPU-sized networks; EM's classifier (full resolution, no downsampling) dominates EM.
-    "small": Models("cnn", 16, "preact_resnet10", 8, "preact_resnet10", 8),
+    "small": Models("cnn", 16, "preact_resnet10", 8, "preact_resnet10", 8,
+                    "preact_resnet10", 8, "preact_resnet10", 8),
 }
 
 
@@ -125,11 +132,55 @@ def logistic_target_loss(network: nnx.Module, inputs, batch, targets) -> jax.Arr
     return jnp.mean(jnp.sum(per_output, axis=-1))
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.sum(targets * log_p, axis=-1))
+
+
+def logistic_of(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    logits = logits.astype(jnp.float32)
+    return jnp.mean(jnp.sum(targets * jax.nn.softplus(-logits)
+                            + (1 - targets) * jax.nn.softplus(logits), axis=-1))
+
+
+def classes_and_logistic_experts_loss(network, inputs, batch, targets) -> jax.Array:
+    """asm's work: a soft cross-entropy of the C class outputs and a logistic loss of each of
+    the K expert outputs (targets ``[B, C + K]``)."""
+    outputs = network(inputs)
+    return (soft_cross_entropy(outputs[:, :NUM_CLASSES], targets[:, :NUM_CLASSES])
+            + logistic_of(outputs[:, NUM_CLASSES:], targets[:, NUM_CLASSES:]))
+
+
+def classifier_loss_of(networks, inputs, targets) -> jax.Array:
+    return soft_cross_entropy(networks.classifier(inputs), targets[:, :NUM_CLASSES])
+
+
+def confidence_limit_loss(networks, inputs, batch, targets) -> jax.Array:
+    """The classifier's soft cross-entropy and the expert network's K logistic losses."""
+    return classifier_loss_of(networks, inputs, targets) + logistic_of(
+        networks.experts(inputs), targets[:, NUM_CLASSES:])
+
+
+def two_stage_limit_loss(networks, inputs, batch, targets) -> jax.Array:
+    """The classifier's soft cross-entropy and the rejector's over its K + 1 outputs."""
+    return classifier_loss_of(networks, inputs, targets) + soft_cross_entropy(
+        networks.rejector(inputs), targets[:, NUM_CLASSES:])
+
+
+def selective_limit_loss(networks, inputs, batch, targets) -> jax.Array:
+    return classifier_loss_of(networks, inputs, targets)
+
+
 # Each method's limit: its loss against fixed soft targets, and the number of targets per input.
 LIMITS: dict[str, tuple[Callable, int]] = {
     "em": (em_limit_loss, NUM_EXPERTS + 1),
     "softmax": (soft_target_loss, NUM_CLASSES + NUM_EXPERTS),
     "ova": (logistic_target_loss, NUM_CLASSES + NUM_EXPERTS),
+    "rs": (soft_target_loss, NUM_CLASSES + NUM_EXPERTS),
+    "asm": (classes_and_logistic_experts_loss, NUM_CLASSES + NUM_EXPERTS),
+    "confidence": (confidence_limit_loss, NUM_CLASSES + NUM_EXPERTS),
+    "two_stage": (two_stage_limit_loss, NUM_CLASSES + NUM_EXPERTS + 1),
+    "selective": (selective_limit_loss, NUM_CLASSES),
 }
 
 

@@ -26,7 +26,7 @@ from l2d.config import (
 )
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 from l2d.methods import METHODS
-from l2d.options import Option, default_text
+from l2d.options import Option, default_text, listed
 from l2d.run_folder import RunFolder
 
 EXIT_USER_ERROR = 2
@@ -98,13 +98,8 @@ def method_option_groups() -> list[tuple[str, list[Option]]]:
     groups: dict[tuple[str, ...], list[Option]] = {}
     for name, methods in readers.items():
         groups.setdefault(tuple(methods), []).append(declarations[name][1])
-    return [(f"method{'s' if len(methods) > 1 else ''} {names_list(methods)}", declared)
+    return [(f"method{'s' if len(methods) > 1 else ''} {listed(methods)}", declared)
             for methods, declared in groups.items()]
-
-
-def names_list(names: tuple[str, ...]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def train_option_groups() -> list[tuple[str, list[Option]]]:

@@ -26,6 +26,7 @@ from l2d.options import (
     derived,
     flag_of,
     invalid,
+    listed,
     option,
 )
 
@@ -353,7 +354,7 @@ class TrainConfig:
                 if name not in own:
                     owners = flag_owners(name)
                     raise L2DError(f"{flag_of(name)}: only used by --method "
-                                   f"{' or '.join(owners)}, not by --method {method}" if owners
+                                   f"{listed(owners, 'or')}, not by --method {method}" if owners
                                    else f"{name!r}: no such option of l2d train")
         return cls(data=DataOptions.from_values(values),
                    training=TrainingOptions.from_values(values),
@@ -396,7 +397,7 @@ def check_method_flags(given: dict[str, Any], config: TrainConfig) -> None:
     for name in given:
         if name not in own and name not in shared and name != METHOD:
             owners = flag_owners(name)
-            raise L2DError(f"{flag_of(name)}: only used by --method {' or '.join(owners)}, "
+            raise L2DError(f"{flag_of(name)}: only used by --method {listed(owners, 'or')}, "
                            f"not by --method {config.method}")
     bounds = [name for name in ("max_share", "min_share") if name in given]
     if (bounds and not METHODS[config.method].trains_with_share_bounds

@@ -104,6 +104,12 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+def listed(names, last: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c`` (``last`` joins the last two)."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
+
+
 def invalid(name: str, value: Any, problem: str) -> L2DError:
     """The one-line error of an option's value: ``--flag=value: problem``."""
     return L2DError(f"{flag_of(name)}={shown(value)}: {problem}")
@@ -253,7 +259,8 @@ class MethodOptions(Options):
         return False
 
     def resolved(self, config: Any, stored_config_of: Any) -> dict[str, Any]:
-        """Values a run records when it starts, worked out from ``config`` (a ``TrainConfig``
-        whose classes and image shape are known) and earlier runs (``stored_config_of(run_id, flag)``,
-        their ``TrainConfig``, or an L2DError naming ``flag``, the flag that named the run): flat name -> value; none unless the method needs some."""
+        """Values a run records when it starts, worked out from ``config`` (a
+        ``TrainConfig`` whose classes and image shape are known) and earlier runs
+        (``stored_config_of(run_id, flag)``: their ``TrainConfig``, or an L2DError naming
+        ``flag``, the flag that named the run): flat name -> value; none by default."""
         return {}

@@ -13,10 +13,11 @@ from l2d.methods import em
 from l2d.preprocess import normalise
 from l2d.train_step import zero_train_totals
 
-TINY = bench.Models("cnn", 4, "preact_resnet10", 2, "cnn", 4)
+TINY = bench.Models("cnn", 4, "preact_resnet10", 2, "cnn", 4, "cnn", 3, "cnn", 3)
 BATCH, IMAGE_SIZE = 4, 8
-EXPECTED_VARIANTS = {"em": {"l2d_step", "limit", "unfused"}, "softmax": {"l2d_step", "limit"},
-                     "ova": {"l2d_step", "limit"}}
+METHOD_NAMES = ["em", "softmax", "ova", "rs", "asm", "confidence", "two_stage", "selective"]
+EXPECTED_VARIANTS = {name: {"l2d_step", "limit"} for name in METHOD_NAMES}
+EXPECTED_VARIANTS["em"] = {"l2d_step", "limit", "unfused"}
 
 
 def test_main_writes_a_report_of_positive_times_and_their_median_ratios(monkeypatch, tmp_path,
@@ -30,16 +31,18 @@ def test_main_writes_a_report_of_positive_times_and_their_median_ratios(monkeypa
     assert set(report) == {"command", "environment", "variants", "results"}
     assert {"jax_version", "platform", "device_kind"} <= set(report["environment"])
     assert [(r["config"], r["method"]) for r in report["results"]] == [
-        ("small", "em"), ("small", "softmax"), ("small", "ova")]
+        ("small", name) for name in METHOD_NAMES]
     table = capsys.readouterr().out
     for record in report["results"]:
         method = record["method"]
         if method == "em":
             assert (record["clf_width"], record["dfr_width"]) == (4, 2)
             assert "model" not in record
-        else:
+        elif method in ("softmax", "ova", "rs", "asm"):
             assert (record["model"], record["width"]) == ("cnn", 4)
             assert "clf_model" not in record
+        else:
+            assert record["clf_width"] == 4 and "model" not in record
         assert record["params"] > 0
         assert record["batch_size"] == BATCH
         assert record["image_shape"] == [IMAGE_SIZE, IMAGE_SIZE, 3]
@@ -61,10 +64,10 @@ def test_main_writes_a_report_of_positive_times_and_their_median_ratios(monkeypa
             {"l2d_step/limit", "unfused/l2d_step"} if method == "em" else {"l2d_step/limit"})
         assert all(r > 0 for r in record["paired_ratios"].values())
     assert "| small (cnn 4 + preact_resnet10 2) | em | 4 |" in table
-    for method in ("softmax", "ova"):
+    for method in ("softmax", "ova", "rs", "asm", "confidence", "two_stage", "selective"):
         row = next(line for line in table.splitlines() if f"| {method} |" in line)
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[:3] == ["small (cnn 4)", method, "4"]
+        assert cells[1:3] == [method, "4"]
         # No unfused time and no unfused/l2d_step ratio.
         assert [cells[5], cells[7]] == ["-", "-"] and "-" not in (cells[3], cells[4], cells[6])
 

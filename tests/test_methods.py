@@ -93,5 +93,5 @@ def test_a_gradient_reaches_every_parameter(name):
     assert set(measurements) == set(method.measurements)
     leaves = jax.tree.leaves(grads)
     assert leaves and all(np.abs(np.asarray(g)).sum() > 0 for g in leaves)
-    scores, class_logits = method.decide(model, inputs)
-    assert scores.shape == (4, 3) and class_logits.shape == (4, 3)
+    decision = method.decide(model, inputs)
+    assert decision.scores.shape == (4, 3) and decision.class_logits.shape == (4, 3)

@@ -20,7 +20,8 @@ def test_a_configuration_from_python_names_a_misspelt_or_misplaced_option():
                     "'batchsize': no such option of l2d train")
     raises_one_line(lambda: TrainConfig.from_dict({**MANIFESTS, "method": "softmax",
                                                    "clf_width": 4}),
-                    "--clf-width: only used by --method em, not by --method softmax")
+                    "--clf-width: only used by --method em, confidence, two_stage or selective, "
+                    "not by --method softmax")
     config = TrainConfig.from_dict({**MANIFESTS, "method": "softmax", "width": 4})
     assert config.method_options.width == 4 and config.data.train_files == ("a.json",)
     raises_one_line(lambda: config.replace(e_step="mc"), "--e-step", "--method em")
@@ -63,7 +64,9 @@ def test_what_a_resumed_or_tested_run_may_change_follows_the_declarations():
 def test_the_parser_and_the_flags_reference_list_every_declared_option(capsys):
     groups = train_option_groups()
     titles = [title for title, _ in groups]
-    assert titles[-2:] == ["method em", "methods softmax and ova"]
+    assert titles[-6:] == ["methods em, confidence, two_stage and selective", "method em",
+                           "methods softmax, ova, rs and asm", "method rs", "method confidence",
+                           "method two_stage"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     help_text = capsys.readouterr().out

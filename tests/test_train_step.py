@@ -25,8 +25,9 @@ EM_REFERENCE = Path(__file__).parent / "data" / "em_reference_da18109.npz"
 
 
 def tiny_config(**changes) -> TrainConfig:
-    widths = ({"width": 2} if changes.get("method", "em") != "em"
-              else {"clf_width": 4, "dfr_width": 2})
+    method = changes.get("method", "em")
+    widths = ({"clf_width": 4, "dfr_width": 2} if method == "em" else
+              {width: 2 for _, width in METHODS[method].options.networks})
     return TrainConfig.from_dict({**widths, "batch_size": BATCH, "seed": 1, **changes})
 
 
@@ -62,7 +63,8 @@ def params_of(graphdef, state) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("changes", [
     {}, {"e_step": "mc", "augment": True, "clf_weighting": "uniform"},
-    {"method": "softmax"}, {"method": "ova", "augment": True},
+    {"method": "softmax"}, {"method": "ova", "augment": True}, {"method": "rs"},
+    {"method": "asm"}, {"method": "confidence"}, {"method": "two_stage"}, {"method": "selective"},
 ])
 def test_step_compiles_once_and_updates_every_parameter(changes):
     method, graphdef, state, step = make(tiny_config(**changes))

@@ -2,9 +2,9 @@
 
 ``plot_runs`` writes the plots every method shares (system test accuracy, test and training
 coverage, area under the accuracy-coverage curve), one per training measurement of the runs'
-methods (for EM the classifier and gating losses of the original implementation), and the runs'
-latest accuracy-coverage curves in one figure. The accuracy plots draw, per run, the classifier
-alone and each expert alone as reference lines. Only when asked (``log_artifacts``), each run also
+methods (for EM the classifier and gating losses of the original implementation), the runs'
+latest accuracy-coverage curves in one figure, and their reliability diagrams. The accuracy
+plots draw, per run, the classifier alone and each expert alone as reference lines. Only when asked (``log_artifacts``), each run also
 gets the plots of itself alone, logged under ``plots/`` without reopening it, so its status stays
 as it is: a figure of several runs, or another method's loss, never lands in a run.
 
@@ -25,6 +25,7 @@ from typing import Any
 from l2d.errors import L2DError
 from l2d.evaluation import metrics
 from l2d.evaluation.accuracy_coverage import CURVE_FILE
+from l2d.evaluation.calibration import CALIBRATION_FILE
 from l2d.methods import METHODS
 from l2d.methods.options import TRAIN_COVERAGE, TRAIN_COVERAGE_DESCRIPTION
 from l2d.tracking import (
@@ -40,6 +41,8 @@ DESCRIPTION_CHARS = 60
 ARTIFACT_FOLDER = "plots"
 # The figure of the runs' latest accuracy-coverage curves (``CURVE_FILE``).
 CURVE_PLOT = "accuracy_coverage.png"
+# The reliability diagrams of the runs' latest calibration bins (``CALIBRATION_FILE``).
+RELIABILITY_PLOT = "reliability.png"
 # Line styles of the reference lines of a run: the classifier alone, then each expert alone.
 REFERENCE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)), (0, (8, 2)))
 
@@ -86,6 +89,8 @@ class RunCurves:
     # values), those the run logged.
     references: dict[str, tuple[list[int], list[float]]] = dataclasses.field(
         default_factory=dict)
+    # The latest calibration.json, or None for a run logged before l2d measured calibration.
+    calibration: dict[str, Any] | None = None
 
 
 def plot_runs(
@@ -122,6 +127,9 @@ def draw_runs(runs: list[RunCurves], output: Path) -> list[Path]:
     paths = [draw(plot, [run for run in runs if plot in run.plots], output / plot.file)
              for plot in plots]
     paths.append(draw_accuracy_coverage(runs, output / CURVE_PLOT))
+    calibrated = [run for run in runs if run.calibration is not None]
+    if calibrated:
+        paths.append(draw_reliability(calibrated, output / RELIABILITY_PLOT))
     return paths
 
 
@@ -150,7 +158,14 @@ def read_run(tracker: MlflowTracker, run_id: str) -> RunCurves:
                            f"(needed for {plot.file}); was it trained by l2d?")
         curves[plot.metric] = latest_per_step(history)
     return RunCurves(run_id, run_label(run), plots, curves, read_curve(tracker, run_id),
-                     read_references(tracker, run))
+                     read_references(tracker, run), read_calibration(tracker, run_id))
+
+
+def read_calibration(tracker: MlflowTracker, run_id: str) -> dict[str, Any] | None:
+    try:
+        return tracker.read_json_artifact(run_id, CALIBRATION_FILE)
+    except L2DError:
+        return None  # Logged before l2d measured calibration: no reliability diagram.
 
 
 def read_references(tracker: MlflowTracker, run: Any) -> dict[str, tuple[list[int], list[float]]]:
@@ -260,6 +275,36 @@ def draw_accuracy_coverage(runs: list[RunCurves], path: Path) -> Path:
     axes.set(title="Accuracy against coverage (test split; dot: the default decision)",
              xlabel="coverage (share kept by the classifier)", ylabel="system accuracy",
              xlim=(0.0, 1.0))
+    return save(figure, path)
+
+
+def draw_reliability(runs: list[RunCurves], path: Path) -> Path:
+    """Reliability diagrams: one panel for the classifier's top probability and one per expert
+    whose P(right) a run estimates, each non-empty bin's accuracy against its mean estimate."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    experts = max(len(run.calibration["experts"]) for run in runs)
+    names = ["classifier: top probability", *(f"expert {k}: estimated P(right)"
+                                              for k in range(experts))]
+    figure = Figure(figsize=(3.2 * len(names) + 1, 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, len(names), squeeze=False)[0]
+    for index, (axes, name) in enumerate(zip(panels, names)):
+        axes.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--")
+        for run, color in zip(runs, itertools.cycle(f"C{i}" for i in range(10))):
+            bins = (run.calibration["classifier"] if index == 0 else
+                    (run.calibration["experts"] + [None] * experts)[index - 1])
+            points = [] if bins is None else [
+                (e, a) for e, a in zip(bins["estimate"], bins["accuracy"]) if e is not None]
+            if not points:
+                continue
+            axes.plot(*zip(*points), marker="o", markersize=3, color=color,
+                      label=run.label if index == 0 else None)
+        axes.set(title=name, xlabel="estimate (bin mean)", ylabel="accuracy", xlim=(0, 1),
+                 ylim=(0, 1))
+        axes.grid(alpha=0.3)
+    figure.suptitle("Reliability (test split, 15 bins; dashed: perfect calibration)")
     return save(figure, path)
 
 

@@ -16,13 +16,15 @@ the highest psi_k when it beats max_y psi_y.
 
 In log space (so that outputs of +-80, and more, stay finite): with m = max_c g_c, the
 denominator's sum_c e^(g_c) - e^m is e^L with L the logsumexp of the class outputs other than
-the (first) largest, so log psi_k = g_(C+k) - logaddexp(L, g_(C+k)) and
-log(1 - psi_k) = L - logaddexp(L, g_(C+k)).
+the (first) largest, so log psi_k = -softplus(L - g_(C+k)), log(1 - psi_k) = -softplus(g_(C+k) - L)
+and log max_y psi_y = -softplus(L - m). Written so, the scores stay exact near 0 (where
+psi is close to 1) and their comparison is exactly that of g_(C+k) with m.
 """
 
 import jax
 import jax.numpy as jnp
 
+from l2d.methods.base import at_least_float32
 from l2d.methods.one_network import OneNetworkMethod, experts_right
 
 
@@ -36,17 +38,16 @@ def log_rest(class_outputs: jax.Array) -> jax.Array:
 
 def log_psi(outputs: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
     """(log psi_k, log(1 - psi_k)), each ``[B, K]``."""
-    outputs = outputs.astype(jnp.float32)
+    outputs = at_least_float32(outputs)
     rest = log_rest(outputs[:, :num_classes])
     experts = outputs[:, num_classes:]
-    log_denominator = jnp.logaddexp(rest, experts)
-    return experts - log_denominator, rest - log_denominator
+    return -jax.nn.softplus(rest - experts), -jax.nn.softplus(experts - rest)
 
 
 def asymmetric_softmax_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax.Array,
                             num_classes: int) -> jax.Array:
     """Per-sample loss ``[B]`` of outputs ``[B, C + K]``."""
-    outputs = outputs.astype(jnp.float32)
+    outputs = at_least_float32(outputs)
     class_log_p = jax.nn.log_softmax(outputs[:, :num_classes], axis=-1)
     class_term = -jnp.take_along_axis(class_log_p, labels[:, None], axis=-1)[:, 0]
     log_right, log_wrong = log_psi(outputs, num_classes)
@@ -60,10 +61,10 @@ class AsymmetricSoftmax(OneNetworkMethod):
 
     def scores(self, outputs):
         """``[B, K + 1]``: log psi_k, then log max_y psi_y."""
-        class_log_p = jax.nn.log_softmax(outputs[:, :self.num_classes].astype(jnp.float32),
-                                         axis=-1)
-        return jnp.concatenate([log_psi(outputs, self.num_classes)[0],
-                                jnp.max(class_log_p, axis=-1, keepdims=True)], axis=-1)
+        class_outputs = at_least_float32(outputs[:, :self.num_classes])
+        top = -jax.nn.softplus(log_rest(class_outputs)
+                               - jnp.max(class_outputs, axis=-1, keepdims=True))
+        return jnp.concatenate([log_psi(outputs, self.num_classes)[0], top], axis=-1)
 
     def expert_correct(self, outputs):
         return jnp.exp(log_psi(outputs, self.num_classes)[0])

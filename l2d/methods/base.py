@@ -104,13 +104,20 @@ def training_coverage(scores: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(scores, axis=-1) == scores.shape[-1] - 1).astype(jnp.float32)
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """``x`` in float32, or in float64 if it is: losses are computed in float32 whatever the
+    compute dtype (bfloat16 logits), and checked in float64 by the tests."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """``[B]``: -log softmax(logits)_y, in float32."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """``[B]``: -log softmax(logits)_y, in float32 (or float64)."""
+    log_p = jax.nn.log_softmax(at_least_float32(logits), axis=-1)
     return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
 
 
-def top_log_probability(probabilities: jax.Array) -> jax.Array:
-    """``[B, 1]``: log max_c of the classifier's probabilities, the classifier's score in the
-    baselines that compare it with the experts' estimated P(right)."""
-    return jnp.log(jnp.max(probabilities, axis=-1, keepdims=True))
+def top_log_probability(logits: jax.Array) -> jax.Array:
+    """``[B, 1]``: log max_c softmax(logits)_c, the classifier's score in the baselines that
+    compare it with the experts' estimated P(right)."""
+    return jnp.max(jax.nn.log_softmax(at_least_float32(logits), axis=-1), axis=-1,
+                   keepdims=True)

@@ -23,6 +23,7 @@ from flax import nnx
 from l2d.methods.base import (
     Decision,
     Problem,
+    at_least_float32,
     cross_entropy,
     top_log_probability,
     training_coverage,
@@ -47,7 +48,7 @@ class ConfidenceNetworks(nnx.Module):
 def experts_right_loss(expert_outputs: jax.Array, labels: jax.Array,
                        expert_labels: jax.Array) -> jax.Array:
     """``[B]``: the logistic loss of each output e_k against r_k, summed over the experts."""
-    expert_outputs = expert_outputs.astype(jnp.float32)
+    expert_outputs = at_least_float32(expert_outputs)
     right = experts_right(expert_labels, labels)
     return jnp.sum(right * jax.nn.softplus(-expert_outputs)
                    + (1.0 - right) * jax.nn.softplus(expert_outputs), axis=-1)
@@ -56,8 +57,8 @@ def experts_right_loss(expert_outputs: jax.Array, labels: jax.Array,
 def confidence_scores(clf_logits: jax.Array, expert_outputs: jax.Array) -> jax.Array:
     """``[B, K + 1]``: log sigmoid(e_k), then log max_c softmax(h)_c."""
     return jnp.concatenate(
-        [jax.nn.log_sigmoid(expert_outputs.astype(jnp.float32)),
-         top_log_probability(jax.nn.softmax(clf_logits.astype(jnp.float32), axis=-1))],
+        [jax.nn.log_sigmoid(at_least_float32(expert_outputs)),
+         top_log_probability(clf_logits)],
         axis=-1)
 
 
@@ -91,5 +92,5 @@ class ConfidenceComparison:
     def decide(self, model: ConfidenceNetworks, inputs) -> Decision:
         clf_logits, expert_outputs = model.classifier(inputs), model.experts(inputs)
         return Decision(confidence_scores(clf_logits, expert_outputs), clf_logits,
-                        jax.nn.softmax(clf_logits.astype(jnp.float32), axis=-1),
-                        jax.nn.sigmoid(expert_outputs.astype(jnp.float32)))
+                        jax.nn.softmax(at_least_float32(clf_logits), axis=-1),
+                        jax.nn.sigmoid(at_least_float32(expert_outputs)))

@@ -16,13 +16,14 @@ over all C + K outputs, as for the softmax surrogate.
 import jax
 import jax.numpy as jnp
 
+from l2d.methods.base import at_least_float32
 from l2d.methods.one_network import OneNetworkMethod, experts_right
 
 
 def realizable_surrogate_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax.Array,
                               num_classes: int, alpha: float = 1.0) -> jax.Array:
     """Per-sample loss ``[B]`` of outputs ``[B, C + K]``."""
-    outputs = outputs.astype(jnp.float32)
+    outputs = at_least_float32(outputs)
     right = jnp.concatenate([jax.nn.one_hot(labels, num_classes, dtype=bool),
                              experts_right(expert_labels, labels) > 0], axis=-1)
     log_total = jax.nn.logsumexp(outputs, axis=-1)

@@ -52,7 +52,7 @@ class SelectiveNetworks(nnx.Module):
 
     def expert_accuracy(self) -> jax.Array:
         """``[K]``: each expert's accuracy on the training batches so far (0 before any)."""
-        return self.right.value / jnp.maximum(self.seen.value, 1).astype(jnp.float32)
+        return self.right[...] / jnp.maximum(self.seen[...], 1).astype(jnp.float32)
 
 
 def selective_scores(clf_logits: jax.Array, expert_accuracy: jax.Array) -> jax.Array:
@@ -60,7 +60,7 @@ def selective_scores(clf_logits: jax.Array, expert_accuracy: jax.Array) -> jax.A
     experts = jnp.log(jnp.maximum(expert_accuracy, SMALLEST_ACCURACY))
     return jnp.concatenate(
         [jnp.broadcast_to(experts, (clf_logits.shape[0], experts.shape[0])),
-         top_log_probability(jax.nn.softmax(clf_logits.astype(jnp.float32), axis=-1))],
+         top_log_probability(clf_logits)],
         axis=-1)
 
 
@@ -83,8 +83,8 @@ class Selective:
         clf_logits = model.classifier(inputs)
         clf_loss = jnp.mean(cross_entropy(clf_logits, batch["label"]))
         right = batch["expert_labels"] == batch["label"][:, None]
-        model.right.value += jnp.sum(right, axis=0, dtype=jnp.int32)
-        model.seen.value += jnp.int32(batch["label"].shape[0])
+        model.right[...] += jnp.sum(right, axis=0, dtype=jnp.int32)
+        model.seen[...] += jnp.int32(batch["label"].shape[0])
         return clf_loss, {CLF_LOSS: clf_loss, TRAIN_COVERAGE: training_coverage(
             selective_scores(jax.lax.stop_gradient(clf_logits), model.expert_accuracy()))}
 

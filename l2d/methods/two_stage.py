@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l2d.errors import L2DError
-from l2d.methods.base import Decision, Problem, cross_entropy, training_coverage
+from l2d.methods.base import Decision, Problem, at_least_float32, cross_entropy, training_coverage
 from l2d.methods.options import (
     CLF_LOSS,
     REJECTOR_LOSS,
@@ -63,7 +63,7 @@ def option_costs(class_prediction: jax.Array, labels: jax.Array,
 
 def rejector_loss(rejector_logits: jax.Array, costs: jax.Array) -> jax.Array:
     """``[B]``: -sum_j (sum_(i != j) c_i) log softmax(r)_j."""
-    log_p = jax.nn.log_softmax(rejector_logits.astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(at_least_float32(rejector_logits), axis=-1)
     others = jnp.sum(costs, axis=-1, keepdims=True) - costs
     return -jnp.sum(others * log_p, axis=-1)
 
@@ -131,7 +131,7 @@ class TwoStage:
             return (jax.lax.stop_gradient(decision.class_logits),
                     jax.lax.stop_gradient(decision.class_probabilities))
         logits = model.classifier(inputs)
-        return logits, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return logits, jax.nn.softmax(at_least_float32(logits), axis=-1)
 
     def loss(self, model: TwoStageNetworks, inputs, batch, key):
         clf_logits, _ = self.classify(model, inputs)
