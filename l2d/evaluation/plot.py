@@ -6,7 +6,8 @@ methods (for EM the classifier and gating losses of the original implementation)
 latest accuracy-coverage curves in one figure, and their reliability diagrams. The accuracy
 plots draw, per run, the classifier alone and each expert alone as reference lines. Only when
 asked (``log_artifacts``), each run also gets the plots of itself alone, logged under ``plots/``
-without reopening it, so its status stays as it is: a figure of several runs, or another method's loss, never lands in a run.
+without reopening it, so its status stays as it is: a figure of several runs, or another
+method's loss, never lands in a run.
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure``, never through
 pyplot: no display is needed, no global backend is switched under a caller, and no figure is left
