@@ -37,7 +37,7 @@ from PIL import Image
 import l2d
 from l2d import cli
 from l2d.evaluation import metrics
-from l2d.evaluation.plot import CURVE_PLOT, method_plots
+from l2d.evaluation.plot import CURVE_PLOT, RELIABILITY_PLOT, method_plots
 from l2d.tracking import MEASUREMENTS_TAG
 
 NUM_EXPERTS = 2
@@ -88,7 +88,7 @@ def test_run_logs_its_model_and_plots_and_registers_the_model(em_run):
                                                                           "plots")}
     tags = em_run.client.get_run(em_run.run_id).data.tags
     assert plots == {plot.file for plot in method_plots("em", tags[MEASUREMENTS_TAG])} | {
-        CURVE_PLOT}
+        CURVE_PLOT, RELIABILITY_PLOT}
     versions = em_run.client.search_model_versions(f"name = '{REGISTERED}'")
     assert [version.run_id for version in versions] == [em_run.run_id]
 

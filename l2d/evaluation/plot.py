@@ -44,6 +44,8 @@ ARTIFACT_FOLDER = "plots"
 CURVE_PLOT = "accuracy_coverage.png"
 # The reliability diagrams of the runs' latest calibration bins (``CALIBRATION_FILE``).
 RELIABILITY_PLOT = "reliability.png"
+# The height a legend entry adds to a figure.
+LEGEND_LINE_INCHES = 0.2
 # Line styles of the reference lines of a run: the classifier alone, then each expert alone.
 REFERENCE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)), (0, (8, 2)))
 
@@ -321,7 +323,11 @@ def new_figure():
 
 
 def save(figure, path: Path) -> Path:
-    # Below the axes, where it never hides a line (coverage often sits on 0 or 1).
+    # Below the axes, where it never hides a line (coverage often sits on 0 or 1); the figure
+    # grows by a line of legend per entry, so that many runs never squeeze the axes.
+    entries = len(figure.axes[0].get_legend_handles_labels()[1]) if figure.axes else 0
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(width, height + LEGEND_LINE_INCHES * entries)
     figure.legend(loc="outside lower center", fontsize="small", frameon=False)
     try:
         figure.savefig(path)
