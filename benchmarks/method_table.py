@@ -14,8 +14,8 @@ l2d measured it) is read from its latest ``l2d train --test`` of the same checkp
 import argparse
 import json
 import statistics
-import tempfile
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
