@@ -106,6 +106,12 @@ PRESETS = {
     # CPU-sized networks; EM's classifier (full resolution, no downsampling) dominates EM.
     "small": Models("cnn", 16, "preact_resnet10", 8, "preact_resnet10", 8,
                     "preact_resnet10", 8, "preact_resnet10", 8),
+    # The CIFAR-K benchmark's network in every role, trained with Adam (PRESET_TRAINING).
+    "netsimple": Models(*("netsimple", 50) * 5),
+}
+# Options of l2d train a preset trains with, beside its networks (default: TrainConfig's).
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "netsimple": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
 }
 
 
@@ -283,21 +289,26 @@ class Setup:
     # The one-device sharding that every input and every new state has, so that no call sees a
     # new placement and compiles again.
     placement: jax.sharding.Sharding
+    # The --optimizer every variant updates with.
+    optimizer: str
 
 
 def build(method_name: str, models: Models, *, batch_size: int, seed: int,
-          forward_mode: str = "eval") -> Setup:
-    """The variants of ``method_name`` on ``models``.
+          image_size: int = 32, forward_mode: str = "eval",
+          training: dict[str, Any] | None = None) -> Setup:
+    """The variants of ``method_name`` on ``models`` for square images of ``image_size``,
+    trained with the options ``training`` (e.g. the optimizer) of l2d train.
 
     ``l2d_step`` is what ``l2d train`` runs for this configuration; EM's ``unfused`` updates
     through the same jitted function as its ``limit``.
     """
     # Augmentation off; EM's E-step exact (its default).
     config = TrainConfig.from_dict({"method": method_name, **models.of(method_name),
-                                    "batch_size": batch_size, "seed": seed, "augment": False})
+                                    **(training or {}), "batch_size": batch_size, "seed": seed,
+                                    "augment": False})
     method = make_method(method_name, config.method_options,
-                         Problem(in_channels=CHANNELS, num_classes=NUM_CLASSES,
-                                 num_experts=NUM_EXPERTS))
+                         Problem(image_shape=(image_size, image_size, CHANNELS),
+                                 num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))
     graphdef, state = build_state(method, config.training, total_steps=10_000)
     mean, std = channel_statistics(CHANNEL_MEAN, CHANNEL_STD)
     # l2d's data-parallel training keeps the state replicated over a 1-D mesh of its devices;
@@ -314,7 +325,7 @@ def build(method_name: str, models: Models, *, batch_size: int, seed: int,
         steps["unfused"] = make_unfused_step(graphdef, update=steps["limit"],
                                              num_classes=NUM_CLASSES, channel_mean=mean,
                                              channel_std=std, forward_mode=forward_mode)
-    return Setup(method, graphdef, state, steps, placement)
+    return Setup(method, graphdef, state, steps, placement, config.training.optimizer)
 
 
 def compilations(steps: dict[str, Callable]) -> int:
@@ -328,13 +339,13 @@ def compilations(steps: dict[str, Callable]) -> int:
 def benchmark(
     name: str, method_name: str, models: Models, *, batch_size: int = 128, image_size: int = 32,
     repeats: int = 10, warmup: int = 2, seed: int = 0, forward_mode: str = "eval",
-    log: Callable[[str], None] = lambda message: None,
+    training: dict[str, Any] | None = None, log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Time the variants of one method on one configuration; return its JSON-ready record."""
     if repeats < 1 or warmup < 1:
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     setup = build(method_name, models, batch_size=batch_size, seed=seed,
-                  forward_mode=forward_mode)
+                  image_size=image_size, forward_mode=forward_mode, training=training)
     steps, placement = setup.steps, setup.placement
     batch, targets = jax.device_put(
         random_inputs(seed, batch_size=batch_size, image_size=image_size,
@@ -404,6 +415,7 @@ def benchmark(
         "config": name,
         "method": method_name,
         **models.of(method_name),
+        "optimizer": setup.optimizer,
         "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
         "num_classes": NUM_CLASSES,
         "num_experts": NUM_EXPERTS,
@@ -467,10 +479,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time each method's training step against its fixed-target limit (and EM's "
                     "against the original's unfused sequence), in one process, on one random "
                     "batch.")
-    parser.add_argument("--config", choices=(*PRESETS, "both"), default="both",
+    parser.add_argument("--config", choices=(*PRESETS, "all"), default="all",
                         help="default: EM cnn 32 + preact_resnet10 64, surrogates "
-                             "preact_resnet10 64 (TrainConfig's models); small: EM cnn 16 + "
-                             "preact_resnet10 8, surrogates preact_resnet10 8 (default: both)")
+                             "preact_resnet10 64 (TrainConfig's models, SGD); small: EM cnn 16 "
+                             "+ preact_resnet10 8, surrogates preact_resnet10 8 (SGD); netsimple: "
+                             "the CIFAR-K benchmark's NetSimple for every network, Adam "
+                             "(default: all)")
     parser.add_argument("--method", choices=(*LIMITS, "all"), default="all",
                         help="the method(s) to time (default: all)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -491,7 +505,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = list(PRESETS) if args.config == "both" else [args.config]
+    names = list(PRESETS) if args.config == "all" else [args.config]
     methods = list(LIMITS) if args.method == "all" else [args.method]
     report = {"command": "python -m l2d.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "environment": environment(), "variants": VARIANTS, "results": []}
@@ -504,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             report["results"].append(benchmark(
                 name, method, PRESETS[name], batch_size=args.batch_size,
                 image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
-                seed=args.seed, forward_mode=args.unfused_forward_mode, log=log))
+                seed=args.seed, forward_mode=args.unfused_forward_mode,
+                training=PRESET_TRAINING.get(name), log=log))
     print(format_table(report))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

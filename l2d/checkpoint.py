@@ -8,7 +8,13 @@ A run keeps two kinds, side by side in its ``checkpoints/`` folder:
 - ``interrupted/<n>/``, the state at a Ctrl-C or SIGTERM, mid-epoch included, with the epoch's
   partial sums of the training measurements; removed once a later epoch checkpoint exists. ``n``
   numbers the positions in order: ``epoch * (steps_per_epoch + 1) + step``, so that the end of
-  an epoch's steps (not yet evaluated) and the start of the next are two numbers.
+  an epoch's steps (not yet evaluated) and the start of the next are two numbers;
+- ``best/<epoch>/``, with ``--select-by``, the state of the epoch with the best validation
+  metric so far, the one checkpoint kept there.
+
+Every checkpoint's progress record may carry what the run decided by then (``extra``): the
+operating point's offset measured on the state it holds, and the selected epoch so far, so that
+a resumed run compares the next epochs with the same best and ``--test`` routes as training did.
 
 The data order, augmentation and Monte Carlo draws of step s of epoch e are pure functions of
 (seed, e, s), so a ``Position`` (with the seed, checked on restore) is the whole RNG and data-order
@@ -30,6 +36,7 @@ from flax import nnx
 from l2d.errors import L2DError, first_line
 
 INTERRUPTED = "interrupted"
+BEST = "best"
 # What orbax writes a checkpoint into before it renames the folder to its step.
 _TMP_GLOB = "*.orbax-checkpoint-tmp*"
 
@@ -60,6 +67,8 @@ class Restored:
     # The measurements summed over the interrupted epoch's first ``position.step`` steps; None
     # at an epoch's end or when not asked for.
     totals: dict | None
+    # What the run recorded with the state (``RunCheckpoints`` ``extra``); {} when nothing.
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 def _manager(directory: Path, *, keep: int | None = None) -> ocp.CheckpointManager:
@@ -77,30 +86,44 @@ class RunCheckpoints:
         self.directory = directory
         self._progress = {"seed": seed, "method": method}
         self._epochs = _manager(directory, keep=keep)
+        self._best: ocp.CheckpointManager | None = None
 
-    def save_epoch(self, state: nnx.State, *, epoch: int) -> None:
+    def save_epoch(self, state: nnx.State, *, epoch: int, extra: dict | None = None) -> None:
         """Save the state after ``epoch`` finished epochs under step ``epoch``; an interrupted
         state saved before is older, and goes."""
-        self._save(self._epochs, epoch, Position(epoch), state=state)
+        self._save(self._epochs, epoch, Position(epoch), extra, state=state)
         shutil.rmtree(self.directory / INTERRUPTED, ignore_errors=True)
 
+    def save_best(self, state: nnx.State, *, epoch: int, extra: dict | None = None) -> None:
+        """Save the state after ``epoch`` as the run's best; the one it replaces goes.
+
+        A best of a later epoch can be there from a launch that stopped before its next epoch
+        checkpoint: the resumed run trains those epochs again, exactly, so it goes too."""
+        if self._best is None:
+            self._best = _manager(self.directory / BEST, keep=1)
+        for step in self._best.all_steps():
+            if step >= epoch:
+                self._best.delete(step)
+        self._save(self._best, epoch, Position(epoch), extra, state=state)
+
     def save_interrupted(self, state: nnx.State, totals: dict, position: Position, *,
-                         steps_per_epoch: int) -> None:
+                         steps_per_epoch: int, extra: dict | None = None) -> None:
         """Save the state at ``position`` with the epoch's partial ``totals``; the training
         stops after it, so the folder is made and closed here."""
         manager = _manager(self.directory / INTERRUPTED, keep=1)
         try:
             self._save(manager, position.epoch * (steps_per_epoch + 1) + position.step,
-                       position, state=state, totals=totals)
+                       position, extra, state=state, totals=totals)
         finally:
             manager.close()
 
     def latest_epoch(self) -> int | None:
         return self._epochs.latest_step()
 
-    def _save(self, manager: ocp.CheckpointManager, step: int, position: Position, **trees
-              ) -> None:
-        progress = {**self._progress, "next_epoch": position.epoch, "next_step": position.step}
+    def _save(self, manager: ocp.CheckpointManager, step: int, position: Position,
+              extra: dict | None, **trees) -> None:
+        progress = {**self._progress, "next_epoch": position.epoch, "next_step": position.step,
+                    **({"extra": extra} if extra else {})}
         args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         try:
             saved = manager.save(step, args=ocp.args.Composite(
@@ -121,6 +144,8 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self._epochs.close()
+        if self._best is not None:
+            self._best.close()
 
 
 def _progress_of(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -168,32 +193,53 @@ def restore_latest(
     holds a state of another shape (a checkpoint of an older l2d, or of other networks).
     """
     with _managers(directory) as managers:
-        candidates = []
-        for manager in managers:
-            step = manager.latest_step()
-            if step is not None:
-                progress = _progress_of(manager, step)
-                candidates.append((_position(progress), progress, manager, step))
-        if not candidates:
-            raise NoCheckpoint(f"{directory}: no checkpoint to resume from or evaluate")
-        position, progress, manager, step = max(candidates, key=lambda c: c[0])
-        checkpoint = manager.directory / str(step)
-        if progress["seed"] != seed:
-            raise L2DError(f"{checkpoint}: made with seed {progress['seed']}, not {seed}")
-        # Checkpoints of l2d before --method existed record none (and hold another state).
-        made_with = progress.get("method", "em of an older l2d")
-        if made_with != method:
-            raise L2DError(f"{checkpoint}: made with --method {made_with}, not {method}; it "
-                           f"cannot be resumed or evaluated as {method}")
-        trees = {"state": abstract_state}
-        partial = abstract_totals is not None and manager.directory.name == INTERRUPTED
-        if partial:
-            trees["totals"] = abstract_totals
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                **{name: ocp.args.StandardRestore(tree) for name, tree in trees.items()}))
-        except (ValueError, KeyError, TypeError) as error:
-            line = first_line(error)
-            raise L2DError(f"{checkpoint}: does not fit the {method} model of this configuration "
-                           f"({line[:200]})") from None
-    return Restored(restored["state"], position, restored["totals"] if partial else None)
+        return _restore_newest(managers, directory, abstract_state, seed=seed, method=method,
+                               abstract_totals=abstract_totals)
+
+
+def restore_best(directory: Path, abstract_state: nnx.State, *, seed: int, method: str
+                 ) -> Restored:
+    """The best checkpoint of a run with ``--select-by`` (``best/``); NoCheckpoint if none was
+    saved yet, other errors as ``restore_latest``."""
+    folder = directory / BEST
+    if not folder.is_dir():
+        raise NoCheckpoint(f"{folder}: no checkpoint selected on validation yet")
+    manager = _manager(folder)
+    try:
+        return _restore_newest([manager], folder, abstract_state, seed=seed, method=method)
+    finally:
+        manager.close()
+
+
+def _restore_newest(managers, directory: Path, abstract_state: nnx.State, *, seed: int,
+                    method: str, abstract_totals: dict | None = None) -> Restored:
+    candidates = []
+    for manager in managers:
+        step = manager.latest_step()
+        if step is not None:
+            progress = _progress_of(manager, step)
+            candidates.append((_position(progress), progress, manager, step))
+    if not candidates:
+        raise NoCheckpoint(f"{directory}: no checkpoint to resume from or evaluate")
+    position, progress, manager, step = max(candidates, key=lambda c: c[0])
+    checkpoint = manager.directory / str(step)
+    if progress["seed"] != seed:
+        raise L2DError(f"{checkpoint}: made with seed {progress['seed']}, not {seed}")
+    # Checkpoints of l2d before --method existed record none (and hold another state).
+    made_with = progress.get("method", "em of an older l2d")
+    if made_with != method:
+        raise L2DError(f"{checkpoint}: made with --method {made_with}, not {method}; it "
+                       f"cannot be resumed or evaluated as {method}")
+    trees = {"state": abstract_state}
+    partial = abstract_totals is not None and manager.directory.name == INTERRUPTED
+    if partial:
+        trees["totals"] = abstract_totals
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **{name: ocp.args.StandardRestore(tree) for name, tree in trees.items()}))
+    except (ValueError, KeyError, TypeError) as error:
+        line = first_line(error)
+        raise L2DError(f"{checkpoint}: does not fit the {method} model of this configuration "
+                       f"({line[:200]})") from None
+    return Restored(restored["state"], position, restored["totals"] if partial else None,
+                    progress.get("extra", {}))

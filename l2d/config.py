@@ -31,9 +31,37 @@ from l2d.options import (
 )
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
 TEST_WORKLOADS = ("argmax", "enforce")
 # The option of an input the classifier keeps; the other options are the experts, by name.
 CLASSIFIER = "classifier"
+# --select-by: the last epoch, or a validation metric -> whether higher values are better.
+LAST_EPOCH = "last"
+SELECTABLE_METRICS = {"val/accuracy": True, "val/accuracy_coverage/auc": True,
+                      "val/clf_accuracy/all": True, "val/calibration/classifier/ece": False}
+SELECTABLE = (LAST_EPOCH, *SELECTABLE_METRICS)
+# --operating-point: offset 0, the best validation accuracy, or a validation coverage.
+DEFAULT_POINT = "default"
+BEST_VAL = "best-val"
+COVERAGE_POINT = "coverage="
+
+
+def parse_operating_point(text: str) -> float | str:
+    """``default`` or ``best-val`` as they are, ``coverage=X`` as the float X in [0, 1];
+    ValueError saying what is expected otherwise."""
+    if text in (DEFAULT_POINT, BEST_VAL):
+        return text
+    expected = f"expected {DEFAULT_POINT}, {BEST_VAL} or coverage=X with X in [0, 1]"
+    if not text.startswith(COVERAGE_POINT):
+        raise ValueError(expected)
+    try:
+        coverage = float(text[len(COVERAGE_POINT):])
+    except ValueError:
+        raise ValueError(expected) from None
+    if not 0 <= coverage <= 1:
+        raise ValueError(expected)
+    return coverage
 
 
 def check_share_bounds(min_share, max_share, num_options: int) -> None:
@@ -85,6 +113,15 @@ class DataOptions(Options):
         changes=ON_TEST, metavar="A.json,B.json")
     test_groundtruth_file: str = option(
         "", "ground-truth manifest of the test split", changes=ON_TEST, metavar="GT.json")
+    val_fraction: float = option(
+        0.0, "share of the training manifests held out as the validation split, stratified by "
+        "class and drawn from --seed (0: none, unless --val-groundtruth-file is given)")
+    val_groundtruth_file: str = option(
+        "", "ground-truth manifest of a validation split of its own, instead of --val-fraction",
+        metavar="GT.json")
+    val_files: tuple[str, ...] = option(
+        (), "expert manifests of that validation split, the experts of --train-files in their "
+        "order", metavar="A.json,B.json")
     expert_names: tuple[str, ...] | None = option(
         None, "the experts' names, in --train-files order, in the summary, plots, decisions "
         "and the served model's columns (default: the training manifests' file names)",
@@ -111,6 +148,7 @@ class DataOptions(Options):
             raise invalid("test_files", self.test_files,
                           f"gives {len(self.test_files)} experts but --train-files gives "
                           f"{len(self.train_files)}; list the same experts in the same order")
+        self.validate_validation_split()
         if self.expert_names is not None:
             check_expert_names(self.expert_names, len(self.train_files))
         check_at_least(self, ("num_classes",), 2)
@@ -124,9 +162,27 @@ class DataOptions(Options):
             if any(not (math.isfinite(s) and s > 0) for s in self.norm_std):
                 raise invalid("norm_std", self.norm_std, "every value must be > 0")
 
+    def validate_validation_split(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise invalid("val_fraction", self.val_fraction, "must be in [0, 1)")
+        if self.val_fraction and self.val_groundtruth_file:
+            raise invalid("val_fraction", self.val_fraction, "give it or "
+                          "--val-groundtruth-file, not both")
+        if bool(self.val_groundtruth_file) != bool(self.val_files):
+            raise invalid("val_files" if self.val_groundtruth_file else "val_groundtruth_file",
+                          "''", "give --val-groundtruth-file and --val-files together")
+        if self.val_files and len(self.val_files) != len(self.train_files):
+            raise invalid("val_files", self.val_files,
+                          f"gives {len(self.val_files)} experts but --train-files gives "
+                          f"{len(self.train_files)}; list the same experts in the same order")
+
     @property
     def num_experts(self) -> int:
         return len(self.train_files)
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.val_fraction or self.val_groundtruth_file)
 
     def experts(self) -> list[str]:
         """The experts' names: ``--expert-names``, else their training manifests' file names
@@ -150,11 +206,17 @@ class TrainingOptions(Options):
 
     title = "optimisation"
 
-    lr: float = option(0.01, "initial learning rate (cosine decay to 0)")
-    momentum: float = option(0.9, "SGD momentum")
+    optimizer: str = option(
+        "sgd", "SGD with momentum; Adam; or AdamW (Adam with decoupled weight decay)",
+        choices=OPTIMIZERS)
+    lr: float = option(0.01, "initial learning rate")
+    lr_schedule: str = option("cosine", "the learning rate over the run: a cosine decay to 0 "
+                              "over every step, or constant", choices=LR_SCHEDULES)
+    momentum: float = option(0.9, "SGD momentum (--optimizer sgd only)")
     weight_decay: float = option(
-        5e-4, "weight decay as an L2 term added to the gradient (coupled, not AdamW's) of "
-        "convolution and dense kernels only")
+        5e-4, "weight decay of convolution and dense kernels only: with sgd and adam an L2 "
+        "term added to the gradient (coupled, as PyTorch's weight_decay); with adamw decoupled, "
+        "the kernels shrink by lr x this factor each step")
     batch_size: int = option(128, "training and evaluation batch size", changes=ON_TEST)
     num_epochs: int = option(100, "training epochs")
     seed: int = option(0, "seed of initialisation, data order, augmentation and Monte Carlo "
@@ -199,6 +261,34 @@ class EvaluationOptions(Options):
     @property
     def bounded(self) -> bool:
         return self.min_share is not None or self.max_share is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionOptions(Options):
+    """What the validation split chooses: the checkpoint of the run, and the operating point."""
+
+    title = "model selection and operating point"
+
+    select_by: str = option(
+        LAST_EPOCH, "the checkpoint the run ends with, --test evaluates and the model serves: "
+        "the last epoch's, or the epoch's with the best value of this validation metric (the "
+        "highest; the lowest for an ECE)", choices=SELECTABLE)
+    operating_point: str = option(
+        DEFAULT_POINT, "the offset added to the classifier's score against the experts': 0 "
+        f"('{DEFAULT_POINT}'), the offset of the highest validation accuracy ('{BEST_VAL}'), "
+        "or that of the validation coverage nearest to X ('coverage=X')",
+        metavar=f"{DEFAULT_POINT}|{BEST_VAL}|coverage=X")
+
+    def validate(self) -> None:
+        self.check_choices()
+        try:
+            parse_operating_point(self.operating_point)
+        except ValueError as error:
+            raise invalid("operating_point", self.operating_point, str(error)) from None
+
+    @property
+    def uses_validation(self) -> bool:
+        return self.select_by != LAST_EPOCH or self.operating_point != DEFAULT_POINT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +361,8 @@ class TrackingOptions(Options):
 
 
 # The shared groups, in the order of ``--help`` and of the docs; the method's options follow.
-SHARED_GROUPS = (DataOptions, TrainingOptions, EvaluationOptions, RuntimeOptions,
-                 TrackingOptions)
+SHARED_GROUPS = (DataOptions, TrainingOptions, EvaluationOptions, SelectionOptions,
+                 RuntimeOptions, TrackingOptions)
 # The field of TrainConfig that names the method; its flag is --method.
 METHOD = "method"
 
@@ -301,6 +391,7 @@ class TrainConfig:
     data: DataOptions = DataOptions()
     training: TrainingOptions = TrainingOptions()
     evaluation: EvaluationOptions = EvaluationOptions()
+    selection: SelectionOptions = SelectionOptions()
     runtime: RuntimeOptions = RuntimeOptions()
     tracking: TrackingOptions = TrackingOptions()
     method: str = "em"
@@ -314,9 +405,19 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise L2DError naming the first flag whose value cannot work; return self."""
         registered(self.method)
-        for group in (self.tracking, self.training, self.data, self.runtime, self.evaluation):
+        for group in (self.tracking, self.training, self.data, self.runtime, self.evaluation,
+                      self.selection):
             group.check_types()
             group.validate()
+        if self.selection.uses_validation and not self.data.has_validation:
+            name = ("select_by" if self.selection.select_by != LAST_EPOCH
+                    else "operating_point")
+            raise invalid(name, getattr(self.selection, name), "needs a validation split: "
+                          "--val-fraction, or --val-groundtruth-file with --val-files")
+        if (self.selection.operating_point != DEFAULT_POINT
+                and self.evaluation.test_workload == "enforce"):
+            raise invalid("operating_point", self.selection.operating_point, "does not combine "
+                          "with --test-workload enforce, whose bounds set the shares")
         check_share_bounds(self.evaluation.min_share, self.evaluation.max_share,
                            self.data.num_experts + 1)
         expected = METHODS[self.method].options
@@ -328,8 +429,8 @@ class TrainConfig:
         return self
 
     def groups(self) -> list[Options]:
-        return [self.data, self.training, self.evaluation, self.runtime, self.tracking,
-                self.method_options]
+        return [self.data, self.training, self.evaluation, self.selection, self.runtime,
+                self.tracking, self.method_options]
 
     def to_dict(self) -> dict[str, Any]:
         """The flat ``{name: value}`` of every group, with the method's name and options."""
@@ -359,6 +460,7 @@ class TrainConfig:
         return cls(data=DataOptions.from_values(values),
                    training=TrainingOptions.from_values(values),
                    evaluation=EvaluationOptions.from_values(values),
+                   selection=SelectionOptions.from_values(values),
                    runtime=RuntimeOptions.from_values(values),
                    tracking=TrackingOptions.from_values(values),
                    method=method,
@@ -405,5 +507,8 @@ def check_method_flags(given: dict[str, Any], config: TrainConfig) -> None:
         # EM's E-step reads the bounds in training; the other methods only route by them.
         raise L2DError(f"{flag_of(bounds[0])}: --method {config.method} uses the bounds only "
                        "with --test-workload enforce")
+    if "momentum" in given and config.training.optimizer != "sgd":
+        raise L2DError(f"--momentum: only used by --optimizer sgd, not by --optimizer "
+                       f"{config.training.optimizer}")
     config.method_options.check_given(set(given) & own)
 

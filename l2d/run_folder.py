@@ -3,7 +3,8 @@ the flat ``TrainConfig.to_dict``) and its checkpoints (``checkpoints/``, ``l2d.c
 
 Training, ``--test``, ``l2d export`` and ``l2d predict`` reach a run's files through here only:
 where the folder is, saving and reading the configuration (with the flags a command may change),
-and restoring the latest state.
+and restoring the latest state (to resume) or the state in use (the selected one, to test,
+export and serve).
 """
 
 import dataclasses
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from l2d.config import TrainConfig
+from l2d.config import DEFAULT_POINT, LAST_EPOCH, TrainConfig
 from l2d.errors import L2DError
 from l2d.options import flag_of, shown
 
@@ -86,28 +87,48 @@ class RunFolder:
         return stored.replace(**{k: v for k, v in given.items() if k in changeable})
 
     def restore(self, method, training, parallel, *, total_steps: int = 1,
-                abstract_totals=None):
-        """``(graphdef, checkpoint.Restored)``: the latest checkpoint of the run, restored into
-        the state of ``method`` trained by ``training`` (``total_steps`` sets the schedule the
-        graphdef carries; evaluation needs none), placed as ``parallel`` places states."""
+                abstract_totals=None, selected: bool = False):
+        """``(graphdef, checkpoint.Restored)``: the latest checkpoint of the run (or, with
+        ``selected``, the best one ``--select-by`` kept), restored into the state of ``method``
+        trained by ``training`` (``total_steps`` sets the schedule the graphdef carries;
+        evaluation needs none), placed as ``parallel`` places states."""
         from l2d import checkpoint
         from l2d.train_state import build_state
 
         graphdef, template = build_state(method, training, total_steps=total_steps,
                                          abstract=True)
+        abstract = parallel.abstract(template)
+        if selected:
+            return graphdef, checkpoint.restore_best(self.checkpoints, abstract,
+                                                     seed=training.seed, method=method.name)
         restored = checkpoint.restore_latest(
-            self.checkpoints, parallel.abstract(template), seed=training.seed,
-            method=method.name, abstract_totals=abstract_totals)
+            self.checkpoints, abstract, seed=training.seed, method=method.name,
+            abstract_totals=abstract_totals)
+        return graphdef, restored
+
+    def restore_in_use(self, config: TrainConfig, method, parallel):
+        """``(graphdef, checkpoint.Restored)`` of the checkpoint the run is used with: the one
+        ``--select-by`` selected, else the latest; L2DError when its ``--operating-point``
+        needs an offset the checkpoint lacks (a state saved mid-epoch, never evaluated)."""
+        graphdef, restored = self.restore(
+            method, config.training, parallel,
+            selected=config.selection.select_by != LAST_EPOCH)
+        if config.selection.operating_point != DEFAULT_POINT and "offset" not in restored.extra:
+            raise L2DError(f"--run-id={self.run_id}: its checkpoint "
+                           f"{restored.position.describe()} was saved before its evaluation, so "
+                           f"it has no --operating-point {config.selection.operating_point}; "
+                           "resume the run to the end of that epoch")
         return graphdef, restored
 
     def trained_model(self, parallel, *, flag: str = "--run-id"):
         """``(method, model)``: the run's method, built from its stored configuration, and its
-        model as the latest checkpoint holds it (``flag``: as for ``load_config``)."""
+        model as its checkpoint in use holds it (``restore_in_use``; ``flag``: as for
+        ``load_config``)."""
         from flax import nnx
 
         from l2d.train_state import method_of
 
         config = self.load_config(flag=flag)
         method = method_of(config)
-        graphdef, restored = self.restore(method, config.training, parallel)
+        graphdef, restored = self.restore_in_use(config, method, parallel)
         return method, nnx.merge(graphdef, restored.state)[0]

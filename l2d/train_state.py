@@ -18,7 +18,7 @@ from l2d.methods.base import Method, Problem, trainable
 
 def method_of(config: TrainConfig) -> Method:
     """The run's method, for the classes and image shape its configuration records."""
-    problem = Problem(in_channels=config.data.image_shape[-1],
+    problem = Problem(image_shape=tuple(config.data.image_shape),
                       num_classes=config.data.num_classes,
                       num_experts=config.data.num_experts,
                       compute_dtype=config.training.compute_dtype,
@@ -32,14 +32,26 @@ def decays(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def learning_rate(training: TrainingOptions, total_steps: int) -> optax.Schedule:
+    """The learning rate of each step: a cosine decay to 0 over ``total_steps``, or constant."""
+    if training.lr_schedule == "constant":
+        return optax.constant_schedule(training.lr)
+    return optax.cosine_decay_schedule(training.lr, decay_steps=total_steps)
+
+
 def make_optimizer(training: TrainingOptions, total_steps: int) -> optax.GradientTransformation:
-    """SGD with momentum, a cosine-decayed learning rate and, as in the original, weight decay as
-    an L2 term added to the gradient (coupled, before momentum) of kernels only."""
-    schedule = optax.cosine_decay_schedule(training.lr, decay_steps=total_steps)
-    return optax.chain(
-        optax.add_decayed_weights(training.weight_decay, mask=decays),
-        optax.sgd(schedule, momentum=training.momentum),
-    )
+    """The ``--optimizer`` on the ``--lr-schedule``, with weight decay on kernels only.
+
+    SGD (momentum) and Adam take weight decay as an L2 term added to the gradient before the
+    update (coupled: the original's SGD, and PyTorch's ``Adam(weight_decay=)``); AdamW decays
+    the kernels by lr x ``weight_decay`` beside Adam's update (Loshchilov & Hutter).
+    """
+    schedule = learning_rate(training, total_steps)
+    if training.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=training.weight_decay, mask=decays)
+    update = (optax.adam(schedule) if training.optimizer == "adam"
+              else optax.sgd(schedule, momentum=training.momentum))
+    return optax.chain(optax.add_decayed_weights(training.weight_decay, mask=decays), update)
 
 
 def create_state(method: Method, training: TrainingOptions, total_steps: int):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import l2d
 from l2d import checkpoint
-from l2d.config import TrainConfig
+from l2d.config import LAST_EPOCH, TrainConfig
 from l2d.data.dataset import Dataset, load_dataset
 from l2d.data.pipeline import train_batches, train_steps_per_epoch
 from l2d.errors import Interrupted, L2DError, TrainingDiverged, first_line
@@ -30,6 +30,14 @@ from l2d.evaluation.accuracy_coverage import CURVE_FILE
 from l2d.evaluation.calibration import CALIBRATION_FILE, calibration_report
 from l2d.evaluation.evaluate import check_test_workload, evaluate_split, make_predict_step
 from l2d.evaluation.metrics import ACCURACY, AUC, COVERAGE, deferral_table, summarise
+from l2d.evaluation.selection import (
+    OFFSET,
+    SELECTED,
+    SELECTED_EPOCH,
+    Selected,
+    improves,
+    validate_epoch,
+)
 from l2d.evaluation.stored_run import missing_counts
 from l2d.parallel import data_parallel
 from l2d.preprocess import channel_statistics
@@ -124,8 +132,8 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
     # bad input leaves no trace in the store).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         background.submit(import_tracking_modules)
-        dataset = load_dataset(config.data, config.runtime, allow_missing=(
-            config.method_options.allows_missing_annotations()))
+        dataset = load_dataset(config.data, config.runtime, seed=config.training.seed,
+                               allow_missing=config.method_options.allows_missing_annotations())
         check_test_workload(config.evaluation, dataset.test)
         config = resolve(config, dataset)
         opening = background.submit(
@@ -158,18 +166,23 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
                                                     keep=tracking.keep_checkpoints,
                                                     seed=config.training.seed, method=method.name)
             try:
-                metrics, counts, state = fit(
-                    config, method, dataset, train_step, predict_step, state, tracker,
-                    checkpoints, stop, parallel, restored=restored,
-                    steps_per_epoch=steps_per_epoch)
+                result = fit(config, method, dataset, train_step, predict_step, state, tracker,
+                             checkpoints, stop, parallel, restored=restored,
+                             steps_per_epoch=steps_per_epoch)
             finally:
                 checkpoints.close()
+            if config.selection.select_by != LAST_EPOCH:
+                result = evaluate_selected(config, method, dataset, predict_step, tracker,
+                                           folder, parallel, result,
+                                           total_steps=steps_per_epoch
+                                           * config.training.num_epochs)
+            metrics = result.metrics
             tracker.log_dict(metrics, "final_metrics.json")
-            tracker.log_dict(deferral_table(counts, config.data.options()),
+            tracker.log_dict(deferral_table(result.counts, config.data.options()),
                              "deferral_table.json")
             if parallel.is_main:
-                finish_run(tracker, run_id, config, parallel.fetch(state[0]), dataset,
-                           register_model=register_model)
+                finish_run(tracker, run_id, config, parallel.fetch(result.state[0]), dataset,
+                           offset=result.offset, register_model=register_model)
             # A Ctrl-C while the model was logged ends the run KILLED, as during training.
             stop.check()
     except Interrupted as interrupted:
@@ -188,7 +201,10 @@ def log_run_start(tracker, folder: RunFolder, config: TrainConfig, method, datas
     tracker.set_tags({CHECKPOINTS_TAG: str(folder.checkpoints),
                       MEASUREMENTS_TAG: ",".join(method.measurements),
                       EXPERTS_TAG: json.dumps(config.data.experts())})
-    for context, split in (("train", dataset.train), ("test", dataset.test)):
+    splits = [("train", dataset.train), ("test", dataset.test)]
+    if dataset.val is not None:
+        splits.append(("validation", dataset.val))
+    for context, split in splits:
         tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
                             source=os.path.abspath(split.groundtruth_path), context=context)
     if config.method_options.allows_missing_annotations():
@@ -227,40 +243,67 @@ def compiled_steps(config, method, dataset, graphdef, state, parallel):
     return train_step, predict_step
 
 
-def fit(config, method, dataset, train_step, predict_step, state, tracker, checkpoints, stop,
-        parallel, *, restored, steps_per_epoch):
-    """The epoch loop from where ``restored`` stands (None: the start); return the last epoch's
-    (test metrics, counts) and the trained state.
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """The end of the epoch loop: the test metrics and counts of the state the run ends with,
+    that state, and the operating point's offset it was routed at."""
 
-    Every evaluation logs the test metrics, the accuracy-coverage curve and the calibration
-    bins. A Ctrl-C or SIGTERM
+    metrics: dict[str, float]
+    counts: dict
+    state: object
+    offset: float
+
+
+def fit(config, method, dataset, train_step, predict_step, state, tracker, checkpoints, stop,
+        parallel, *, restored, steps_per_epoch) -> FitResult:
+    """The epoch loop from where ``restored`` stands (None: the start), ending at the last
+    epoch's state.
+
+    Every evaluation logs the validation metrics (with a validation split; they choose the
+    operating point's offset and, with ``--select-by``, the best checkpoint), the test metrics
+    at that offset, the accuracy-coverage curve and the calibration bins. A Ctrl-C or SIGTERM
     takes effect after the step it came in (or after the epoch's end): the state there is saved
     (one process only; see ``save_and_stop``), then the run stops.
     """
     quiet = None if config.runtime.tqdm else True  # None: tqdm decides, silent when no terminal.
     start = restored.position if restored is not None else checkpoint.Position(0)
     batch_size, num_epochs = config.training.batch_size, config.training.num_epochs
+    select_by = config.selection.select_by
+    # The best epoch so far, as the checkpoint resumed from recorded it.
+    selected = Selected.from_json(restored.extra.get("selected") if restored else None)
 
-    def evaluate_and_log_curve(state, epoch):
+    def evaluate_and_log(state, epoch):
+        validation, offset = None, 0.0
+        if dataset.val is not None:
+            validation = validate_epoch(
+                predict_step, state, dataset.val, dataset.val_images,
+                num_classes=dataset.num_classes, batch_size=batch_size, runtime=config.runtime,
+                evaluation=config.evaluation, selection=config.selection, parallel=parallel)
+            offset = validation.offset
         evaluation = evaluate_split(predict_step, state, dataset.test, dataset.test_images,
                                     num_classes=dataset.num_classes, batch_size=batch_size,
                                     runtime=config.runtime, evaluation=config.evaluation,
-                                    parallel=parallel)
-        tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
-        tracker.log_dict({"epoch": epoch, **calibration_report(evaluation.counts)},
-                         CALIBRATION_FILE)
-        return {**summarise(evaluation.counts), AUC: evaluation.curve.area()}, evaluation.counts
+                                    parallel=parallel, offset=offset)
+        log_evaluation_files(tracker, evaluation, epoch)
+        metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
+        return metrics, evaluation.counts, validation, offset
 
-    def save_and_stop(state, totals, position, *, saved_at_epoch_end=False):
+    def recorded(offset=None):
+        """What a checkpoint records beside the state: its offset when it was evaluated."""
+        return {**({} if offset is None else {"offset": offset}),
+                "selected": selected.to_json() if selected else None}
+
+    def save_and_stop(state, totals, position, *, saved_at_epoch_end=False, offset=None):
         if not saved_at_epoch_end and parallel.is_single_process:
             # Several processes get their signals at different steps, and a save needs them all.
             checkpoints.save_interrupted(state, totals, position,
-                                         steps_per_epoch=steps_per_epoch)
+                                         steps_per_epoch=steps_per_epoch,
+                                         extra=recorded(offset))
         saved = saved_at_epoch_end or parallel.is_single_process
         raise Interrupted(f"signal {stop.received}", saved=(
             f"its state {position.describe(steps_per_epoch)} is saved" if saved else None))
 
-    metrics, counts = {}, {}
+    metrics, counts, offset = {}, {}, 0.0
     first_step_reported = False
     epochs = tqdm(range(start.epoch, num_epochs), desc="epochs", initial=start.epoch,
                   total=num_epochs, disable=quiet, file=sys.stderr)
@@ -307,8 +350,9 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
                 f"epoch {epoch + 1}: {', '.join(f'{k}={v}' for k, v in diverged.items())}; "
                 "stopped, " + (f"last good checkpoint: epoch {last} in {checkpoints.directory}"
                                if last is not None else "no checkpoint was written"))
-        metrics, counts = evaluate_and_log_curve(state, epoch + 1)
-        tracker.log_metrics({**train_metrics, **metrics,
+        metrics, counts, validation, offset = evaluate_and_log(state, epoch + 1)
+        val_metrics = validation.metrics if validation is not None else {}
+        tracker.log_metrics({**train_metrics, **metrics, **val_metrics,
                              "loader/wait_fraction": loader_wait_fraction}, step=epoch + 1)
         epochs.set_postfix(accuracy=f"{metrics[ACCURACY]:.3f}",
                            coverage=f"{metrics[COVERAGE]:.2f}")
@@ -317,22 +361,65 @@ def fit(config, method, dataset, train_step, predict_step, state, tracker, check
                             eval_seconds=time.perf_counter() - started - train_seconds,
                             steps_trained=steps_per_epoch - first_step,
                             steps_per_epoch=steps_per_epoch, epochs_left=num_epochs - epoch)
+        if validation is not None and improves(val_metrics.get(select_by, math.nan), selected,
+                                               select_by):
+            selected = Selected(epoch + 1, val_metrics[select_by], offset)
+            checkpoints.save_best(state, epoch=epoch + 1, extra=recorded(offset))
         at_checkpoint = ((epoch + 1) % config.tracking.checkpoint_every == 0
                          or epoch + 1 == num_epochs)
         if at_checkpoint:
-            checkpoints.save_epoch(state, epoch=epoch + 1)
+            checkpoints.save_epoch(state, epoch=epoch + 1, extra=recorded(offset))
         if stop.requested:
             save_and_stop(state, parallel.replicate(zero_train_totals(method)),
-                          checkpoint.Position(epoch + 1), saved_at_epoch_end=at_checkpoint)
+                          checkpoint.Position(epoch + 1), saved_at_epoch_end=at_checkpoint,
+                          offset=offset)
     if start.epoch == num_epochs:
         # Killed after its last checkpoint, before it ended: only the final report is missing.
-        metrics, counts = evaluate_and_log_curve(state, start.epoch)
-    return metrics, counts, state
+        metrics, counts, _, offset = evaluate_and_log(state, start.epoch)
+    return FitResult(metrics, counts, state, offset)
 
 
-def finish_run(tracker, run_id, config, model_state, dataset, *, register_model) -> None:
+def log_evaluation_files(tracker, evaluation, epoch: int) -> None:
+    """The accuracy-coverage curve and the calibration bins of a test evaluation."""
+    tracker.log_dict({"epoch": epoch, **evaluation.curve.to_json()}, CURVE_FILE)
+    tracker.log_dict({"epoch": epoch, **calibration_report(evaluation.counts)},
+                     CALIBRATION_FILE)
+
+
+def evaluate_selected(config, method, dataset, predict_step, tracker, folder, parallel,
+                      last: FitResult, *, total_steps: int) -> FitResult:
+    """The end of a run with ``--select-by``: the test split routed by the best checkpoint at
+    its own offset, logged as ``selected/<metric>`` with ``selected/epoch`` (and as the latest
+    curve and calibration files); the last epoch's result when no epoch was selected (every
+    validation value NaN)."""
+    try:
+        _, best = folder.restore(method, config.training, parallel, total_steps=total_steps,
+                                 selected=True)
+    except checkpoint.NoCheckpoint:
+        print(f"l2d: warning: --select-by {config.selection.select_by} was NaN at every epoch; "
+              "the run ends with its last epoch", file=sys.stderr)
+        return last
+    offset = float(best.extra.get("offset", 0.0))
+    evaluation = evaluate_split(predict_step, best.state, dataset.test, dataset.test_images,
+                                num_classes=dataset.num_classes,
+                                batch_size=config.training.batch_size, runtime=config.runtime,
+                                evaluation=config.evaluation, parallel=parallel, offset=offset)
+    log_evaluation_files(tracker, evaluation, best.position.epoch)
+    metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
+    tracker.log_metrics({SELECTED_EPOCH: best.position.epoch,
+                         **{SELECTED + name: value for name, value in
+                            {**metrics, OFFSET: offset}.items()}},
+                        step=config.training.num_epochs)
+    if parallel.is_main:
+        print(f"l2d: selected epoch {best.position.epoch} by {config.selection.select_by}",
+              file=sys.stderr)
+    return FitResult(metrics, evaluation.counts, best.state, offset)
+
+
+def finish_run(tracker, run_id, config, model_state, dataset, *, offset: float,
+               register_model) -> None:
     """The end of a run: log the model ``deferral_system`` (its input example the first test
-    images) and the plots of the run.
+    images; routing at the operating point's ``offset``) and the plots of the run.
 
     A failure of MLflow here is one line (the run ends FAILED, its checkpoints kept); a failed
     plot is only reported, since ``l2d plot`` can draw it again.
@@ -346,7 +433,7 @@ def finish_run(tracker, run_id, config, model_state, dataset, *, register_model)
         example = read_image_files(dataset.test.files[:EXAMPLE_IMAGES],
                                    dataset.test.groundtruth_path)
     try:
-        uri = log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES],
+        uri = log_deferral_system(config, model_state, example[:EXAMPLE_IMAGES], offset=offset,
                                   registered_model_name=register_model)
     except Exception as error:  # Any MLflow or store error: say it in one line.
         line = first_line(error)

@@ -171,7 +171,7 @@ def method_of(name: str, num_classes: int = 3, num_experts: int = 2, **options):
                 "two_stage": {"rejector_model": "cnn", "rejector_width": 3}}.get(name, {})
     config = TrainConfig.from_dict(dict(method=name, **widths, **networks, **options))
     return make_method(name, config.method_options, Problem(
-        in_channels=3, num_classes=num_classes, num_experts=num_experts))
+        image_shape=(8, 8, 3), num_classes=num_classes, num_experts=num_experts))
 
 
 @pytest.mark.parametrize("name", ["rs", "asm", "confidence", "two_stage", "selective"])

@@ -139,3 +139,14 @@ def test_surrogate_variants_compile_once_and_update_every_parameter():
         assert setup.steps[variant]._cache_size() == 1, variant
         assert_every_param_changed(setup, new_state, variant)
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new_state)), variant
+
+
+def test_the_netsimple_preset_times_the_cifar_k_network_with_adam():
+    record = bench.benchmark("netsimple", "softmax", bench.PRESETS["netsimple"], batch_size=4,
+                             image_size=16, repeats=1, warmup=1,
+                             training=bench.PRESET_TRAINING["netsimple"])
+    assert (record["model"], record["width"], record["optimizer"]) == ("netsimple", 50, "adam")
+    # 16x16 images reach the dense layers as 1x1 maps: 3800 + 62550 + (50 * 100 + 100)
+    # + (100 * 20 + 20) + (20 * 12 + 12) for the C + K = 12 outputs.
+    assert record["params"] == 3800 + 62550 + 5100 + 2020 + 252
+    assert set(record["variants"]) == {"l2d_step", "limit"}

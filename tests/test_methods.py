@@ -68,7 +68,7 @@ def test_ova_loss_stays_finite_for_large_outputs():
 def method_of(name: str, num_classes: int = 3, num_experts: int = 2):
     config = TrainConfig.from_dict(dict(method=name, model="cnn", width=4))
     return make_method(name, config.method_options, Problem(
-        in_channels=3, num_classes=num_classes, num_experts=num_experts))
+        image_shape=(8, 8, 3), num_classes=num_classes, num_experts=num_experts))
 
 
 @pytest.mark.parametrize("name", ["softmax", "ova"])

@@ -42,7 +42,7 @@ class Toy:
     problem: Problem
 
     def create_model(self, rngs):
-        return build_model("cnn", in_channels=self.problem.in_channels,
+        return build_model("cnn", image_shape=self.problem.image_shape,
                            num_outputs=self.problem.num_classes, width=self.options.toy_width,
                            rngs=rngs, dtype=self.problem.dtype)
 

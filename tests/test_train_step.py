@@ -44,7 +44,7 @@ def make(config: TrainConfig):
     """(method, graphdef, state, step) placed as ``l2d.training`` places them (state replicated)."""
     parallel = data_parallel()
     method = make_method(config.method, config.method_options, Problem(
-        in_channels=3, num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))
+        image_shape=(8, 8, 3), num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))
     graphdef, state = build_state(method, config.training, total_steps=10)
     step = make_train_step(graphdef, method=method, seed=config.training.seed,
                            augment_images=config.data.augment, channel_mean=jnp.full(3, 0.5),

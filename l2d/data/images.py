@@ -75,23 +75,24 @@ def raise_decode_error(split: SplitRecords, error: RuntimeError, candidates=None
             except RuntimeError:
                 row = int(candidates[j])
                 raise L2DError(
-                    f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): "
+                    f"{split.groundtruth_path}: entry {split.entry(row)} ({split.files[row]!r}): "
                     "image cannot be decoded"
                 ) from None
     match = _LOAD_ERROR.search(str(error))
     if match and match.group(1) in split.files:
         row = split.files.index(match.group(1))
         raise L2DError(
-            f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): image cannot be decoded"
+            f"{split.groundtruth_path}: entry {split.entry(row)} ({split.files[row]!r}): image "
+            "cannot be decoded"
         ) from None
     raise L2DError(f"{split.groundtruth_path}: decoding images failed: {error}") from None
 
 
 def raise_shape_error(split: SplitRecords, row: int, shape, expected) -> None:
     raise L2DError(
-        f"{split.groundtruth_path}: entry {row} ({split.files[row]!r}): image shape "
-        f"{tuple(int(s) for s in shape)} differs from {tuple(int(s) for s in expected)} "
-        f"(the shape of entry 0, {split.files[0]!r})"
+        f"{split.groundtruth_path}: entry {split.entry(row)} ({split.files[row]!r}): image "
+        f"shape {tuple(int(s) for s in shape)} differs from {tuple(int(s) for s in expected)} "
+        f"(the shape of entry {split.entry(0)}, {split.files[0]!r})"
     )
 
 

@@ -36,10 +36,29 @@ class SplitRecords:
     files: tuple[str, ...]  # absolute image paths, in ground-truth manifest order
     labels: np.ndarray  # int32 [N]: true label of files[i]
     expert_labels: np.ndarray  # int32 [N, K]: expert k's label of files[i] or MISSING
+    # int [N]: the ground-truth manifest's entry of each row, when the split is a part of the
+    # manifest (a held-out validation split); None: row i is entry i.
+    entries: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
         return len(self.files)
+
+    def entry(self, row: int) -> int:
+        """The index in the ground-truth manifest of row ``row``, for error messages."""
+        return row if self.entries is None else int(self.entries[row])
+
+    def subset(self, rows: np.ndarray) -> SplitRecords:
+        """The split of these rows (sorted), each still named by its manifest entry."""
+        rows = np.asarray(rows)
+        labels, expert_labels = self.labels[rows], self.expert_labels[rows]
+        labels.setflags(write=False)
+        expert_labels.setflags(write=False)
+        return SplitRecords(groundtruth_path=self.groundtruth_path,
+                            expert_paths=self.expert_paths,
+                            files=tuple(self.files[row] for row in rows.tolist()),
+                            labels=labels, expert_labels=expert_labels,
+                            entries=np.asarray([self.entry(row) for row in rows.tolist()]))
 
     @property
     def num_experts(self) -> int:
@@ -207,9 +226,9 @@ def check_labels(split: SplitRecords, num_classes: int) -> None:
     if bad.any():
         row = int(np.argmax(bad))
         value = int(split.labels[row])
+        where = _entry(split.groundtruth_path, split.entry(row), split.files[row])
         raise L2DError(
-            f"{_entry(split.groundtruth_path, row, split.files[row])}: label {value} is outside "
-            f"[0, {num_classes}) (num_classes={num_classes})"
+            f"{where}: label {value} is outside [0, {num_classes}) (num_classes={num_classes})"
         )
     for k, expert_path in enumerate(split.expert_paths):
         column = split.expert_labels[:, k]

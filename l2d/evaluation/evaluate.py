@@ -5,8 +5,9 @@ input, the option scores, the classifier's class and top probability, and the me
 of each expert's P(right) if it makes one; they are fetched once per split. Routing
 then sees the whole split at once, on the host: each input goes to its highest-scored available
 option (the classifier, and the experts whose annotation the manifest has: an expert without one
-is not there to ask), or, with workload bounds enforced, the split is assigned as a whole
-(``l2d.workload``). Counts are summed over the split and divided once at the end
+is not there to ask), the classifier's score shifted by the operating point's offset
+(``l2d.evaluation.operating_point``), or, with workload bounds enforced, the split is assigned
+as a whole (``l2d.workload``). Counts are summed over the split and divided once at the end
 (``l2d.evaluation.metrics``).
 """
 
@@ -26,6 +27,7 @@ from l2d.data.pipeline import eval_batches
 from l2d.errors import L2DError
 from l2d.evaluation.accuracy_coverage import AccuracyCoverageCurve, accuracy_coverage_curve
 from l2d.evaluation.calibration import bin_counts
+from l2d.evaluation.operating_point import with_offset
 from l2d.methods.base import Method
 from l2d.preprocess import normalise
 from l2d.workload import assign_with_bounds, share_bounds
@@ -129,10 +131,12 @@ def tally(chosen, class_prediction, labels, expert_labels, *, num_classes: int,
 
 
 def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_classes: int,
-                     share_bounds=None, class_confidence=None,
-                     expert_correct=None) -> SplitEvaluation:
-    """Route a split's inputs and count; the curve moves inputs between the classifier and its
-    best available expert (see ``l2d.evaluation.accuracy_coverage``)."""
+                     share_bounds=None, class_confidence=None, expert_correct=None,
+                     offset: float = 0.0) -> SplitEvaluation:
+    """Route a split's inputs, ``offset`` added to the classifier's scores, and count; the curve
+    moves inputs between the classifier and its best available expert (see
+    ``l2d.evaluation.accuracy_coverage``; its points do not depend on the offset)."""
+    scores = with_offset(scores, offset)
     available = available_options(expert_labels)
     chosen = route(scores, available, share_bounds)
     masked = np.where(available, scores, -np.inf)
@@ -170,20 +174,36 @@ def check_test_workload(evaluation: EvaluationOptions, split: SplitRecords) -> N
         raise L2DError(f"{split.groundtruth_path}: --test-workload enforce: {error}") from None
 
 
-def evaluate_split(predict_step, state, split: SplitRecords, images, *, num_classes: int,
-                   batch_size: int, runtime: RuntimeOptions, evaluation: EvaluationOptions,
-                   parallel) -> SplitEvaluation:
-    """Route every input of ``split`` (each process feeding its rows of every batch) and count."""
+def predict_split(predict_step, state, split: SplitRecords, images, *, batch_size: int,
+                  runtime: RuntimeOptions, parallel) -> dict[str, np.ndarray]:
+    """The outputs of ``decide_on_images`` for every input of ``split``, in manifest order
+    (each process feeding its rows of every batch)."""
     batches = eval_batches(split, images, batch_size=batch_size,
                            prefetch_size=runtime.prefetch_size, num_threads=runtime.num_threads,
                            shard=parallel.shard)
     # Fetched once at the end: no host sync per batch. The padding rows come last.
     outputs = parallel.fetch([predict_step(state, parallel.put_batch(batch))
                               for batch in batches])
-    per_input = {name: np.concatenate([out[name] for out in outputs])[:split.num_samples]
-                 for name in outputs[0]}
+    return {name: np.concatenate([out[name] for out in outputs])[:split.num_samples]
+            for name in outputs[0]}
+
+
+def evaluate_predictions(per_input: dict[str, np.ndarray], split: SplitRecords, *,
+                         num_classes: int, evaluation: EvaluationOptions,
+                         offset: float = 0.0) -> SplitEvaluation:
+    """``evaluate_outputs`` of ``predict_split``'s outputs on ``split``."""
     return evaluate_outputs(per_input["scores"], per_input["class_prediction"], split.labels,
                             split.expert_labels, num_classes=num_classes,
                             share_bounds=enforced_bounds(evaluation, split.num_experts + 1),
                             class_confidence=per_input["class_confidence"],
-                            expert_correct=per_input.get("expert_correct"))
+                            expert_correct=per_input.get("expert_correct"), offset=offset)
+
+
+def evaluate_split(predict_step, state, split: SplitRecords, images, *, num_classes: int,
+                   batch_size: int, runtime: RuntimeOptions, evaluation: EvaluationOptions,
+                   parallel, offset: float = 0.0) -> SplitEvaluation:
+    """Route every input of ``split``, ``offset`` added to the classifier's scores, and count."""
+    per_input = predict_split(predict_step, state, split, images, batch_size=batch_size,
+                              runtime=runtime, parallel=parallel)
+    return evaluate_predictions(per_input, split, num_classes=num_classes,
+                                evaluation=evaluation, offset=offset)

@@ -1,6 +1,7 @@
-"""``l2d train --test``: evaluate the latest checkpoint of a run on test manifests (those it was
-trained with, or others of the same experts), without training, and log the result to the run
-as ``test/<manifest>_epoch_E[_step_S].json``, its status left as it is."""
+"""``l2d train --test``: evaluate a run's checkpoint in use (the one ``--select-by`` selected,
+else the latest) on test manifests (those it was trained with, or others of the same experts),
+at the operating point's offset recorded with it, without training, and log the result to the
+run as ``test/<manifest>_epoch_E[_step_S].json``, its status left as it is."""
 
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def missing_counts(split_name: str, split) -> dict[str, float]:
 
 
 def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
-    """Evaluate the latest checkpoint of ``run_id`` (whose stored configuration, with the test
+    """Evaluate the checkpoint in use of ``run_id`` (whose stored configuration, with the test
     flags given, is ``config``) on its test manifests; return the metrics."""
     config.validate()
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
@@ -49,15 +50,16 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
     parallel = data_parallel()
     parallel.check_batch_size(config.training.batch_size)
     method = method_of(config)
-    graphdef, restored = RunFolder.of(config.tracking.artifact_path, run_id).restore(
-        method, config.training, parallel)
+    graphdef, restored = RunFolder.of(config.tracking.artifact_path, run_id).restore_in_use(
+        config, method, parallel)
+    offset = float(restored.extra.get("offset", 0.0))
     mean, std = channel_statistics(data.norm_mean, data.norm_std)
     predict_step = make_predict_step(graphdef, method=method, channel_mean=mean, channel_std=std,
                                      replicated=parallel.replicated)
     evaluation = evaluate_split(predict_step, restored.state, test_split, test_images,
                                 num_classes=data.num_classes,
                                 batch_size=config.training.batch_size, runtime=config.runtime,
-                                evaluation=config.evaluation, parallel=parallel)
+                                evaluation=config.evaluation, parallel=parallel, offset=offset)
     metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
     if config.method_options.allows_missing_annotations():
         metrics.update(missing_counts("test", test_split))
@@ -66,6 +68,8 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
               "test_groundtruth_file": data.test_groundtruth_file,
               "test_files": list(data.test_files),
               "test_workload": config.evaluation.test_workload,
+              "operating_point": config.selection.operating_point,
+              "classifier_offset": offset,
               "metrics": metrics,
               "deferral_table": deferral_table(evaluation.counts, data.options()),
               "accuracy_coverage": evaluation.curve.to_json(),

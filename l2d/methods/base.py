@@ -43,7 +43,8 @@ from l2d.options import MethodOptions
 class Problem:
     """What a method is built for, besides its own options."""
 
-    in_channels: int
+    # (H, W, C) of the images.
+    image_shape: tuple[int, int, int]
     num_classes: int
     num_experts: int
     # Precision of activations and matrix products (``--compute-dtype``).

@@ -72,7 +72,7 @@ class ConfidenceComparison:
 
     def create_model(self, rngs: nnx.Rngs) -> ConfidenceNetworks:
         options, problem = self.options, self.problem
-        build = functools.partial(build_model, in_channels=problem.in_channels,
+        build = functools.partial(build_model, image_shape=problem.image_shape,
                                   dtype=problem.dtype, rngs=rngs)
         return ConfidenceNetworks(
             classifier=build(options.clf_model, num_outputs=problem.num_classes,

@@ -47,7 +47,7 @@ class OneNetworkMethod:
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
         problem = self.problem
-        return build_model(self.options.model, in_channels=problem.in_channels,
+        return build_model(self.options.model, image_shape=problem.image_shape,
                            dtype=problem.dtype, num_outputs=problem.num_classes
                            + problem.num_experts, width=self.options.width, rngs=rngs)
 

@@ -23,8 +23,8 @@ from l2d.options import (
 )
 
 # The networks a method's options can name (``l2d.models.MODELS``) and their default widths.
-MODEL_NAMES = ("cnn", "preact_resnet10")
-WIDTH_HELP = "(default: cnn 32 channels, preact_resnet10 64)"
+MODEL_NAMES = ("cnn", "netsimple", "preact_resnet10")
+WIDTH_HELP = "(default: cnn 32 channels, netsimple 50, preact_resnet10 64)"
 
 # Every method reports this training measurement (``l2d.methods.base.training_coverage``).
 TRAIN_COVERAGE = "coverage/train"

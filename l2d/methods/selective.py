@@ -75,7 +75,7 @@ class Selective:
     def create_model(self, rngs: nnx.Rngs) -> SelectiveNetworks:
         problem = self.problem
         return SelectiveNetworks(
-            build_model(self.options.clf_model, in_channels=problem.in_channels,
+            build_model(self.options.clf_model, image_shape=problem.image_shape,
                         num_outputs=problem.num_classes, width=self.options.clf_width,
                         dtype=problem.dtype, rngs=rngs), problem.num_experts)
 

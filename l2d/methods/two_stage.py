@@ -111,7 +111,7 @@ class TwoStage:
 
     def create_model(self, rngs: nnx.Rngs) -> TwoStageNetworks:
         options, problem = self.options, self.problem
-        build = functools.partial(build_model, in_channels=problem.in_channels,
+        build = functools.partial(build_model, image_shape=problem.image_shape,
                                   dtype=problem.dtype, rngs=rngs)
         if self.frozen:
             classifier = self.source.create_model(rngs)

@@ -12,7 +12,7 @@ from flax import nnx
 class CNN(nnx.Module):
     """Three 3x3 conv layers (stride 1, 'SAME', ``width`` channels), each then BatchNorm and ReLU.
 
-    Input ``[B, H, W, in_channels]`` float32 (NHWC); output logits ``[B, num_outputs]`` float32.
+    Input ``[B, H, W, C]`` float32 (NHWC) of ``image_shape`` (H, W, C); output logits ``[B, num_outputs]`` float32.
     BatchNorm uses batch statistics after ``model.train()`` (the state at construction) and
     running averages after ``model.eval()``.
 
@@ -23,14 +23,14 @@ class CNN(nnx.Module):
     def __init__(
         self,
         *,
-        in_channels: int,
+        image_shape: tuple[int, int, int],
         num_outputs: int,
         width: int = 32,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         layer_args = dict(dtype=dtype, param_dtype=jnp.float32)
-        channels = (in_channels, width, width, width)
+        channels = (image_shape[-1], width, width, width)
         # No conv bias: the BatchNorm right after subtracts the mean, so a bias would be a
         # parameter with no effect (its own bias takes that role).
         self.convs = nnx.List(
@@ -50,7 +50,7 @@ class CNN(nnx.Module):
         self.head = nnx.Linear(width, num_outputs, rngs=rngs, **layer_args)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # x: [B, H, W, in_channels]
+        # x: [B, H, W, C]
         for conv, norm in zip(self.convs, self.norms):
             x = nnx.relu(norm(conv(x)))  # [B, H, W, width]
         x = jnp.mean(x, axis=(1, 2))  # global average pool: [B, width]

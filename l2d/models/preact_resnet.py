@@ -71,15 +71,15 @@ class PreActBlock(nnx.Module):
 class PreActResNet(nnx.Module):
     """Generic pre-activation ResNet with ``len(blocks_per_stage) == 4`` stages.
 
-    Input ``[B, H, W, in_channels]`` float32 (NHWC); output logits ``[B, num_outputs]`` float32.
-    The blocks hand un-normalised residual sums to each other, so a final BatchNorm + ReLU
+    Input ``[B, H, W, C]`` float32 (NHWC) of ``image_shape`` (H, W, C); output logits
+    ``[B, num_outputs]`` float32. The blocks hand un-normalised residual sums to each other, so a final BatchNorm + ReLU
     precedes the pooling. ``dtype`` is the compute dtype; parameters stay float32.
     """
 
     def __init__(
         self,
         *,
-        in_channels: int,
+        image_shape: tuple[int, int, int],
         num_outputs: int,
         blocks_per_stage: Sequence[int],
         width: int = 64,
@@ -93,7 +93,7 @@ class PreActResNet(nnx.Module):
             )
         layer_args = dict(dtype=dtype, param_dtype=jnp.float32)
         # Stem: no BN/ReLU here, the first block pre-activates its input itself.
-        self.stem = nnx.Conv(in_channels, width, (3, 3), strides=1, padding=PAD_3X3,
+        self.stem = nnx.Conv(image_shape[-1], width, (3, 3), strides=1, padding=PAD_3X3,
                              use_bias=False, rngs=rngs, **layer_args)
         blocks = []
         channels = width
@@ -111,7 +111,7 @@ class PreActResNet(nnx.Module):
         self.head = nnx.Linear(channels, num_outputs, rngs=rngs, **layer_args)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # x: [B, H, W, in_channels]
+        # x: [B, H, W, C]
         x = self.stem(x)  # [B, H, W, width]
         for block in self.blocks:
             x = block(x)  # ends at [B, H/8, W/8, 8 * width]

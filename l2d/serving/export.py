@@ -1,6 +1,6 @@
-"""``l2d export``: log the MLflow model ``deferral_system`` of an existing run from its latest
-checkpoint (a run trained before l2d logged it, or one to register), leaving the run's status
-and end time as they were."""
+"""``l2d export``: log the MLflow model ``deferral_system`` of an existing run from its
+checkpoint in use (the selected one, else the latest; a run trained before l2d logged it, or
+one to register), leaving the run's status and end time as they were."""
 
 import sys
 
@@ -20,18 +20,20 @@ from l2d.train_state import method_of
 
 def export(config: TrainConfig, folder: RunFolder, tracker: MlflowTracker, *,
            register_model: str | None = None) -> str:
-    """Log ``deferral_system`` to the run of ``folder`` from its latest checkpoint; return the
-    model URI."""
+    """Log ``deferral_system`` to the run of ``folder`` from its checkpoint in use, at its
+    operating point; return the model URI."""
     parallel = data_parallel()
     try:
-        _, restored = folder.restore(method_of(config), config.training, parallel)
+        _, restored = folder.restore_in_use(config, method_of(config), parallel)
     except NoCheckpoint:
         raise L2DError(f"--run-id={folder.run_id}: the run is "
                        f"{tracker.run_status(folder.run_id)} and saved no checkpoint: there is "
                        "nothing to export") from None
     with tracker.reopened(folder.run_id):
         return log_deferral_system(config, parallel.fetch(restored.state[0]),
-                                   example_images(config), registered_model_name=register_model)
+                                   example_images(config),
+                                   offset=float(restored.extra.get("offset", 0.0)),
+                                   registered_model_name=register_model)
 
 
 def example_images(config: TrainConfig) -> np.ndarray:

@@ -113,11 +113,12 @@ def signature(config: TrainConfig) -> ModelSignature:
 
 
 def log_deferral_system(config: TrainConfig, model_state, example_images: np.ndarray, *,
-                        registered_model_name: str | None = None) -> str:
-    """Log ``deferral_system`` to the active run (and register it under
-    ``registered_model_name``); return its model URI."""
+                        offset: float = 0.0, registered_model_name: str | None = None) -> str:
+    """Log ``deferral_system``, routing at the operating point's ``offset``, to the active run
+    (and register it under ``registered_model_name``); return its model URI."""
     with tempfile.TemporaryDirectory() as folder:
-        system_folder = save_system(Path(folder) / SYSTEM_ARTIFACT, config, model_state)
+        system_folder = save_system(Path(folder) / SYSTEM_ARTIFACT, config, model_state,
+                                    offset=offset)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(Path(__file__).with_name("model_code.py")),
@@ -130,6 +131,8 @@ def log_deferral_system(config: TrainConfig, model_state, example_images: np.nda
             metadata={"l2d_version": l2d.__version__, "method": config.method,
                       "experts": config.data.experts(), "classes": class_names(config.data),
                       "image_shape": list(config.data.image_shape),
+                      "operating_point": config.selection.operating_point,
+                      "classifier_offset": offset,
                       "input": f"uint8 images [N, {', '.join(map(str, config.data.image_shape))}] "
                                "(integers 0..255 in JSON), or image file paths (Python)"},
         )

@@ -4,14 +4,16 @@ option names, and the routing of new uint8 images with it.
 The folder (what the MLflow model ``deferral_system`` carries) holds ``config.json`` (the run's
 configuration: method, networks, classes, normalisation, bounds), ``weights.npz`` (the model's
 parameters and batch statistics, keyed by their path in the model; no optimizer state) and
-``system.json`` (the experts' names, the class names and the image shape). Nothing in it needs a
-checkpoint, a manifest of the experts' labels or MLflow.
+``system.json`` (the experts' names, the class names, the image shape and the operating point's
+offset of the classifier's score, chosen on validation). Nothing in it needs a checkpoint, a
+manifest of the experts' labels or MLflow.
 
 Images are scored in chunks whose sizes are padded to powers of two, so that a server answering
 requests of any size compiles a handful of programs, not one per size. Routing is that of
 ``l2d train --test`` (``l2d.evaluation.evaluate.route``) with every expert available: each image
-goes to its highest-scored option, or, with ``workload="enforce"``, the whole batch is assigned
-within the run's share bounds.
+goes to its highest-scored option, the offset added to the classifier's score (the scores it
+reports include it), or, with ``workload="enforce"``, the whole batch is assigned within the run's
+share bounds.
 """
 
 import dataclasses
@@ -29,6 +31,7 @@ from l2d.data.manifest import SplitRecords
 from l2d.data.prepare import CLASSES_FILE
 from l2d.errors import L2DError
 from l2d.evaluation.evaluate import decide_on_images, route
+from l2d.evaluation.operating_point import with_offset
 from l2d.preprocess import channel_statistics
 from l2d.run_folder import CONFIG_FILE
 from l2d.train_state import method_of
@@ -64,9 +67,10 @@ def flat_arrays(state) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
-def save_system(folder: Path, config: TrainConfig, model_state) -> Path:
+def save_system(folder: Path, config: TrainConfig, model_state, *, offset: float = 0.0
+                ) -> Path:
     """Write the folder of a trained system; ``model_state`` is ``nnx.state(model)`` (host or
-    device arrays)."""
+    device arrays), ``offset`` the operating point's."""
     folder.mkdir(parents=True, exist_ok=True)
     config.save(folder / CONFIG_FILE)
     np.savez(folder / WEIGHTS_FILE,
@@ -76,6 +80,7 @@ def save_system(folder: Path, config: TrainConfig, model_state) -> Path:
         "classes": class_names(config.data),
         "image_shape": list(config.data.image_shape),
         "method": config.method,
+        "classifier_offset": offset,
     }, indent=2) + "\n")
     return folder
 
@@ -87,7 +92,7 @@ class Routing:
 
     chosen: np.ndarray  # int [N]
     class_prediction: np.ndarray  # int32 [N]
-    scores: np.ndarray  # float32 [N, K + 1]
+    scores: np.ndarray  # [N, K + 1], the classifier's with the operating point's offset
 
 
 class TrainedSystem:
@@ -100,6 +105,8 @@ class TrainedSystem:
         self.experts: list[str] = system["experts"]
         self.classes: list[str] = system["classes"]
         self.image_shape = tuple(system["image_shape"])
+        # Systems saved before the operating point existed route at offset 0.
+        self.classifier_offset = float(system.get("classifier_offset", 0.0))
         self.options = [*self.experts, CLASSIFIER]
         method = method_of(self.config)
         # Shapes and dtypes only: nothing is computed before the weights are loaded.
@@ -177,6 +184,7 @@ class TrainedSystem:
                 raise L2DError("workload='enforce': this run was trained without --max-share "
                                "or --min-share, so there are no bounds to enforce")
             bounds = share_bounds(evaluation.min_share, evaluation.max_share, len(self.options))
+        scores = with_offset(scores, self.classifier_offset)
         available = np.ones(scores.shape, bool)
         chosen = route(scores, available, bounds) if len(scores) else np.zeros(0, int)
         return Routing(chosen=chosen, class_prediction=class_prediction, scores=scores)
