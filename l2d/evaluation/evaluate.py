@@ -135,10 +135,11 @@ def evaluate_outputs(scores, class_prediction, labels, expert_labels, *, num_cla
                      offset: float = 0.0) -> SplitEvaluation:
     """Route a split's inputs, ``offset`` added to the classifier's scores, and count; the curve
     moves inputs between the classifier and its best available expert (see
-    ``l2d.evaluation.accuracy_coverage``; its points do not depend on the offset)."""
-    scores = with_offset(scores, offset)
+    ``l2d.evaluation.accuracy_coverage``). The curve is that of the method's own scores, so its
+    points and their offsets do not depend on ``offset``: the point routed is the one whose
+    offset is ``offset``."""
     available = available_options(expert_labels)
-    chosen = route(scores, available, share_bounds)
+    chosen = route(with_offset(scores, offset), available, share_bounds)
     masked = np.where(available, scores, -np.inf)
     best_expert = np.argmax(masked[:, :-1], axis=1)
     best_label = np.take_along_axis(expert_labels, best_expert[:, None], axis=1)[:, 0]
