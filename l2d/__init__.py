@@ -40,8 +40,9 @@ def train(config, *, resume_run_id: str | None = None, register_model: str | Non
 
 
 def evaluate_run(config, run_id: str) -> dict[str, float]:
-    """Evaluate the latest checkpoint of ``run_id`` on the test manifests of ``config`` (the
-    run's stored configuration, perhaps with other test manifests); return the test metrics."""
+    """Evaluate the checkpoint in use of ``run_id`` (the one ``--select-by`` selected, else the
+    latest) on the test manifests of ``config`` (the run's stored configuration, perhaps with
+    other test manifests); return the test metrics."""
     from l2d import jax_runtime
 
     config.validate()

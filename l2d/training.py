@@ -389,9 +389,9 @@ def log_evaluation_files(tracker, evaluation, epoch: int) -> None:
 def evaluate_selected(config, method, dataset, predict_step, tracker, folder, parallel,
                       last: FitResult, *, total_steps: int) -> FitResult:
     """The end of a run with ``--select-by``: the test split routed by the best checkpoint at
-    its own offset, logged as ``selected/<metric>`` with ``selected/epoch`` (and as the latest
-    curve and calibration files); the last epoch's result when no epoch was selected (every
-    validation value NaN)."""
+    its own offset, logged as ``selected/<metric>`` with ``selected/epoch`` and the validation
+    value that selected it (``selected/val/...``), and as the latest curve and calibration files;
+    the last epoch's result when no epoch was selected (every validation value NaN)."""
     try:
         _, best = folder.restore(method, config.training, parallel, total_steps=total_steps,
                                  selected=True)
@@ -406,13 +406,14 @@ def evaluate_selected(config, method, dataset, predict_step, tracker, folder, pa
                                 evaluation=config.evaluation, parallel=parallel, offset=offset)
     log_evaluation_files(tracker, evaluation, best.position.epoch)
     metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
+    select_by = config.selection.select_by
     tracker.log_metrics({SELECTED_EPOCH: best.position.epoch,
+                         SELECTED + select_by: float(best.extra["selected"]["value"]),
                          **{SELECTED + name: value for name, value in
                             {**metrics, OFFSET: offset}.items()}},
                         step=config.training.num_epochs)
     if parallel.is_main:
-        print(f"l2d: selected epoch {best.position.epoch} by {config.selection.select_by}",
-              file=sys.stderr)
+        print(f"l2d: selected epoch {best.position.epoch} by {select_by}", file=sys.stderr)
     return FitResult(metrics, evaluation.counts, best.state, offset)
 
 

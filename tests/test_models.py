@@ -23,7 +23,8 @@ def rngs() -> nnx.Rngs:
 
 def small_model(name: str, **kwargs) -> nnx.Module:
     # One shape configuration across tests, so parameter init and ops compile once per process.
-    return build_model(name, image_shape=(16, 16, 3), num_outputs=10, width=4, rngs=rngs(), **kwargs)
+    return build_model(name, image_shape=(16, 16, 3), num_outputs=10, width=4, rngs=rngs(),
+                       **kwargs)
 
 
 def images(batch: int = 4, size: int = 16, channels: int = 3, seed: int = 0) -> jax.Array:
@@ -70,9 +71,8 @@ def preact_resnet10_count(w: int, c: int, n: int) -> int:
 )
 def test_parameter_counts_are_pinned(name, width, expected):
     # eval_shape builds the same module tree with abstract arrays: no init compute at all.
-    model = nnx.eval_shape(
-        lambda: build_model(name, image_shape=(16, 16, 3), num_outputs=10, width=width, rngs=nnx.Rngs(0))
-    )
+    model = nnx.eval_shape(lambda: build_model(name, image_shape=(16, 16, 3), num_outputs=10,
+                                               width=width, rngs=nnx.Rngs(0)))
     assert count_params(model) == expected
     if name == "preact_resnet10":
         assert preact_resnet10_count(width, 3, 10) == expected
@@ -208,7 +208,8 @@ def test_netsimple_refuses_images_too_small():
 
 def test_build_model_rejects_unknown_name():
     with pytest.raises(L2DError, match="valid names: cnn, netsimple, preact_resnet10"):
-        build_model("resnet50", image_shape=(16, 16, 3), num_outputs=10, width=None, rngs=nnx.Rngs(0))
+        build_model("resnet50", image_shape=(16, 16, 3), num_outputs=10, width=None,
+                    rngs=nnx.Rngs(0))
 
 
 def test_build_model_rejects_bad_width():

@@ -63,6 +63,7 @@ def test_netsimple_adam_selects_on_validation_and_tests_resumes_serves_the_selec
     # The first epoch of the best validation accuracy; the run ends with its test metrics.
     selected = int(np.argmax(val_accuracy)) + 1
     assert run.data.metrics[SELECTED_EPOCH] == selected
+    assert run.data.metrics[SELECTED + "val/accuracy"] == val_accuracy[selected - 1]
     final = downloaded(client, run_id, "final_metrics.json", tmp_path)
     for name, value in final.items():  # NaN is null in the JSON file.
         np.testing.assert_equal(run.data.metrics[SELECTED + name],

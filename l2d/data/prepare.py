@@ -20,8 +20,8 @@ otherwise Python's string order; a class's label is its position in that order.
 
 Images are the files ending in ``l2d.data.images.IMAGE_SUFFIXES`` (any case), at any depth below
 a class folder; other files are ignored and counted. Names starting with "." are skipped. Every
-image is decoded once (``l2d.data.images.decode_all``) so that an unreadable image, or one whose shape
-differs from the others, is reported now, naming the file. Manifests are written only when
+image is decoded once (``l2d.data.images.decode_all``) so that an unreadable image, or one whose
+shape differs from the others, is reported now, naming the file. Manifests are written only when
 everything is valid, under temporary names renamed at the end: a failed run writes no manifest.
 """
 

@@ -56,4 +56,5 @@ def build_model(
                         dtype=dtype, rngs=rngs)
 
 
-__all__ = ["CNN", "DEFAULT_WIDTHS", "MODELS", "NetSimple", "PreActResNet", "build_model", "preact_resnet10"]
+__all__ = ["CNN", "DEFAULT_WIDTHS", "MODELS", "NetSimple", "PreActResNet", "build_model",
+           "preact_resnet10"]

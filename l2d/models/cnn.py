@@ -12,7 +12,8 @@ from flax import nnx
 class CNN(nnx.Module):
     """Three 3x3 conv layers (stride 1, 'SAME', ``width`` channels), each then BatchNorm and ReLU.
 
-    Input ``[B, H, W, C]`` float32 (NHWC) of ``image_shape`` (H, W, C); output logits ``[B, num_outputs]`` float32.
+    Input ``[B, H, W, C]`` float32 (NHWC) of ``image_shape`` (H, W, C); output logits
+    ``[B, num_outputs]`` float32.
     BatchNorm uses batch statistics after ``model.train()`` (the state at construction) and
     running averages after ``model.eval()``.
 

@@ -72,8 +72,9 @@ class PreActResNet(nnx.Module):
     """Generic pre-activation ResNet with ``len(blocks_per_stage) == 4`` stages.
 
     Input ``[B, H, W, C]`` float32 (NHWC) of ``image_shape`` (H, W, C); output logits
-    ``[B, num_outputs]`` float32. The blocks hand un-normalised residual sums to each other, so a final BatchNorm + ReLU
-    precedes the pooling. ``dtype`` is the compute dtype; parameters stay float32.
+    ``[B, num_outputs]`` float32. The blocks hand un-normalised residual sums to each other, so a
+    final BatchNorm + ReLU precedes the pooling. ``dtype`` is the compute dtype; parameters stay
+    float32.
     """
 
     def __init__(
