@@ -219,3 +219,24 @@ def test_build_model_rejects_bad_width():
 
 def test_default_widths_cover_registry():
     assert set(DEFAULT_WIDTHS) == set(MODELS)
+
+
+def test_netsimple_computes_the_convolutions_and_pools_of_xla():
+    # Its slices-and-matmul convolutions and reshape pooling (faster on a CPU) give what
+    # lax.conv and nnx.max_pool give, to float32 rounding; 17x19 images: odd map sizes too.
+    model = build_model("netsimple", image_shape=(17, 19, 3), num_outputs=7, width=6,
+                        rngs=rngs())
+    x = jax.random.normal(jax.random.key(1), (3, 17, 19, 3), jnp.float32)
+
+    def reference(x):
+        for conv in model.convs:
+            x = jax.lax.conv_general_dilated(
+                x, conv.kernel[...], (1, 1), "VALID",
+                dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
+            x = nnx.max_pool(nnx.relu(x), (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        for layer in model.dense[:-1]:
+            x = nnx.relu(layer(x))
+        return model.dense[-1](x)
+
+    np.testing.assert_allclose(forward(model, x), jax.jit(reference)(x), rtol=1e-5, atol=1e-5)
