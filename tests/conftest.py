@@ -204,6 +204,15 @@ def load_deferral_system(tracking_uri: str, run_id: str):
         mlflow.set_tracking_uri(previous)
 
 
+def assert_served_as_tested(client, run_id: str, data: dict, tmp_path: Path) -> None:
+    """The MLflow model logged by the run routes the test images of ``data`` as the run's latest
+    ``--test`` did."""
+    _, images = decoded_test_split(data)
+    model = load_deferral_system(client.tracking_uri, run_id)
+    assert model.predict(images)["expert_index"].tolist() == expert_indices(
+        routed_by_test(client, run_id, tmp_path), num_experts=len(data["test_experts"]))
+
+
 def decoded_test_split(data: dict) -> tuple[list[str], np.ndarray]:
     """The test split's files, in manifest order, and their pixels decoded as training does."""
     from l2d.data.manifest import read_manifest

@@ -10,11 +10,8 @@ import jax
 import numpy as np
 import pytest
 from conftest import (
-    decoded_test_split,
-    expert_indices,
+    assert_served_as_tested,
     in_process_cli,
-    load_deferral_system,
-    routed_by_test,
     train_argv,
 )
 from flax import nnx
@@ -83,10 +80,7 @@ def test_baseline_trains_tests_resumes_and_serves(method, tiny_dataset, tmp_path
     assert code == 0, err
     np.testing.assert_equal(logged_by_test(client, run_id, tmp_path), final)
     # The MLflow model logged at the end of the run routes the test images as --test did.
-    _, images = decoded_test_split(tiny_dataset)
-    model = load_deferral_system(client.tracking_uri, run_id)
-    assert model.predict(images)["expert_index"].tolist() == expert_indices(
-        routed_by_test(client, run_id, tmp_path), num_experts=2)
+    assert_served_as_tested(client, run_id, tiny_dataset, tmp_path)
 
     # As if killed after epoch 1's checkpoint, --resume trains epoch 2 again: the same numbers.
     shutil.rmtree(tmp_path / "artifacts" / run_id / "checkpoints" / "2")

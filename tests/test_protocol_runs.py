@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
-    decoded_test_split,
-    expert_indices,
+    assert_served_as_tested,
     in_process_cli,
-    load_deferral_system,
     make_dataset,
-    routed_by_test,
     train_argv,
 )
 from mlflow import MlflowClient
@@ -80,10 +77,7 @@ def test_netsimple_adam_selects_on_validation_and_tests_resumes_serves_the_selec
     assert tested["classifier_offset"] == offsets[selected - 1]
     np.testing.assert_equal(tested["metrics"], final)
     # The served model routes at the same offset: the test images go where --test sent them.
-    _, images = decoded_test_split(dataset16)
-    model = load_deferral_system(client.tracking_uri, run_id)
-    assert model.predict(images)["expert_index"].tolist() == expert_indices(
-        routed_by_test(client, run_id, tmp_path), num_experts=2)
+    assert_served_as_tested(client, run_id, dataset16, tmp_path)
 
     # As if killed after epoch 2's checkpoint (a best of epoch 3 may be there already):
     # --resume trains epoch 3 again, compares it with the best recorded at epoch 2, and ends

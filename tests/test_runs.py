@@ -19,15 +19,12 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import (
     TINY_NETWORK,
+    assert_served_as_tested,
     cli_env,
-    decoded_test_split,
-    expert_indices,
     free_port,
     in_process_cli,
-    load_deferral_system,
     make_dataset,
     only_run,
-    routed_by_test,
     run_cli,
     train_argv,
 )
@@ -164,10 +161,7 @@ def test_surrogate_method_trains_evaluates_resumes_and_refuses_another_method(
     assert printed.pop("checkpoint_epoch") == 2
     np.testing.assert_equal(printed, final)
     # The MLflow model logged at the end of the run routes the test images as --test did.
-    _, images = decoded_test_split(dataset)
-    model = load_deferral_system(client.tracking_uri, run_id)
-    assert model.predict(images)["expert_index"].tolist() == expert_indices(
-        routed_by_test(client, run_id, tmp_path), num_experts=2)
+    assert_served_as_tested(client, run_id, dataset, tmp_path)
 
     # As if killed after epoch 1's checkpoint (a FINISHED run is not resumed), --resume trains
     # epoch 2 again: the same numbers.
