@@ -123,13 +123,15 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(records: list[dict]) -> str:
-    """The Markdown table of the runs, a row per (k, method) in the order they first ran."""
+    """The Markdown table of the runs, a row per (k, method), by k and then in the order of
+    ``NETWORKS``."""
     groups: dict[tuple[int, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["k"], record["method"]), []).append(record)
     lines = ["| k | method | seeds | " + " | ".join(COLUMNS) + " | published system accuracy |",
              "| --- " * (4 + len(COLUMNS)) + "|"]
-    for (k, method), runs in sorted(groups.items()):
+    order = list(NETWORKS)
+    for (k, method), runs in sorted(groups.items(), key=lambda g: (g[0][0], order.index(g[0][1]))):
         cells = [str(k), method, str(len(runs)),
                  *(mean_std([run[name] for run in runs]) for name in COLUMNS),
                  PUBLISHED.get((method, k), "-")]
