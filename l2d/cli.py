@@ -98,8 +98,14 @@ def method_option_groups() -> list[tuple[str, list[Option]]]:
     groups: dict[tuple[str, ...], list[Option]] = {}
     for name, methods in readers.items():
         groups.setdefault(tuple(methods), []).append(declarations[name][1])
-    return [(f"method{'s' if len(methods) > 1 else ''} {listed(methods)}", declared)
-            for methods, declared in groups.items()]
+    return [(method_group_title(methods), declared) for methods, declared in groups.items()]
+
+
+def method_group_title(methods: tuple[str, ...]) -> str:
+    """``every method``, ``method em`` or ``methods em and rs``: the methods reading a group."""
+    if set(methods) == set(METHODS):
+        return "every method"
+    return f"method{'s' if len(methods) > 1 else ''} {listed(methods)}"
 
 
 def train_option_groups() -> list[tuple[str, list[Option]]]:

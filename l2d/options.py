@@ -241,22 +241,24 @@ def flags_reference(groups: list[tuple[str, list[Option]]]) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
 class MethodOptions(Options):
     """Base of a method's own options (``l2d.methods``): a group whose flags only that method
-    reads, with two questions the rest of l2d asks of any method."""
+    reads, with two questions the rest of l2d asks of any method, and the one option every
+    method reads (each method's loss leaves an absent expert out, ``l2d.methods.base``)."""
 
     # The (model, width) options of the networks the method trains (``python -m l2d.bench``
     # sets them to its presets' sizes).
     networks: ClassVar[tuple[tuple[str, str], ...]] = ()
 
+    allow_missing_annotations: bool = option(
+        False, "expert manifests may omit files or give \"label\": null; an expert without an "
+        "annotation is no option for that input, in training and at test time",
+        changes=ON_TEST)
+
     def check_given(self, given: set[str]) -> None:
         """L2DError for a flag of ``given`` (the method's own flags the user typed) that these
         values make meaningless, e.g. an option of a mode that is off."""
-
-    def allows_missing_annotations(self) -> bool:
-        """Whether the expert manifests may lack annotations (``--allow-missing-annotations``
-        of the methods that handle them)."""
-        return False
 
     def resolved(self, config: Any, stored_config_of: Any) -> dict[str, Any]:
         """Values a run records when it starts, worked out from ``config`` (a

@@ -133,7 +133,7 @@ def train(config: TrainConfig, *, resume_run_id: str | None = None,
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         background.submit(import_tracking_modules)
         dataset = load_dataset(config.data, config.runtime, seed=config.training.seed,
-                               allow_missing=config.method_options.allows_missing_annotations())
+                               allow_missing=config.method_options.allow_missing_annotations)
         check_test_workload(config.evaluation, dataset.test)
         config = resolve(config, dataset)
         opening = background.submit(
@@ -207,7 +207,7 @@ def log_run_start(tracker, folder: RunFolder, config: TrainConfig, method, datas
     for context, split in splits:
         tracker.log_dataset(name=split.dataset_name(), digest=split.digest(),
                             source=os.path.abspath(split.groundtruth_path), context=context)
-    if config.method_options.allows_missing_annotations():
+    if config.method_options.allow_missing_annotations:
         tracker.log_metrics({**missing_counts("train", dataset.train),
                              **missing_counts("test", dataset.test)}, step=0)
 

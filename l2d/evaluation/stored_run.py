@@ -42,7 +42,7 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
                        "(RunFolder.of(artifact_path, run_id).load_config())")
     test_split, test_images = load_test_split(
         data, config.runtime, data.num_classes,
-        allow_missing=config.method_options.allows_missing_annotations())
+        allow_missing=config.method_options.allow_missing_annotations)
     check_test_workload(config.evaluation, test_split)
     if test_images.shape != data.image_shape:
         raise L2DError(f"{test_split.groundtruth_path}: images are {test_images.shape} (HxWxC), "
@@ -61,7 +61,7 @@ def evaluate_stored_run(config: TrainConfig, run_id: str) -> dict[str, float]:
                                 batch_size=config.training.batch_size, runtime=config.runtime,
                                 evaluation=config.evaluation, parallel=parallel, offset=offset)
     metrics = {**summarise(evaluation.counts), AUC: evaluation.curve.area()}
-    if config.method_options.allows_missing_annotations():
+    if config.method_options.allow_missing_annotations:
         metrics.update(missing_counts("test", test_split))
     position = restored.position
     result = {"checkpoint_epoch": position.epoch, "checkpoint_step": position.step,

@@ -12,7 +12,8 @@ which lies in (0, 1), and the loss is
 
 The paper defines it for one expert; l2d's per-expert form gives each expert its own psi_k,
 all sharing the class outputs, and one binary term each. The system defers to the expert with
-the highest psi_k when it beats max_y psi_y.
+the highest psi_k when it beats max_y psi_y. An expert without an annotation for an input has
+no binary term for that input.
 
 In log space (so that outputs of +-80, and more, stay finite): with m = max_c g_c, the
 denominator's sum_c e^(g_c) - e^m is e^L with L the logsumexp of the class outputs other than
@@ -24,7 +25,7 @@ psi is close to 1) and their comparison is exactly that of g_(C+k) with m.
 import jax
 import jax.numpy as jnp
 
-from l2d.methods.base import at_least_float32
+from l2d.methods.base import at_least_float32, present
 from l2d.methods.one_network import OneNetworkMethod, experts_right
 
 
@@ -52,7 +53,9 @@ def asymmetric_softmax_loss(outputs: jax.Array, labels: jax.Array, expert_labels
     class_term = -jnp.take_along_axis(class_log_p, labels[:, None], axis=-1)[:, 0]
     log_right, log_wrong = log_psi(outputs, num_classes)
     right = experts_right(expert_labels, labels)
-    return class_term - jnp.sum(right * log_right + (1.0 - right) * log_wrong, axis=-1)
+    expert_terms = jnp.where(present(expert_labels),
+                             right * log_right + (1.0 - right) * log_wrong, 0.0)
+    return class_term - jnp.sum(expert_terms, axis=-1)
 
 
 class AsymmetricSoftmax(OneNetworkMethod):

@@ -13,8 +13,9 @@ Notation: C classes, K experts. A method owns its network(s) and its loss; the r
   training batch (model in training mode) and named scalars to report; the names are exactly
   ``measurements``' keys. ``inputs`` are the normalised (and augmented) images ``[B, H, W, C_in]``;
   ``batch`` holds ``label`` ``[B]`` and ``expert_labels`` ``[B, K]`` (``MISSING`` where an expert
-  gave no annotation, which only EM accepts); ``key`` is a fresh PRNG key
-  per step for methods that sample.
+  gave no annotation, with ``--allow-missing-annotations``: the loss must leave that expert's
+  terms out for that input, not count it as wrong; ``present`` and ``available_options``
+  say which are there); ``key`` is a fresh PRNG key per step for methods that sample.
 - ``decide(model, inputs) -> Decision``: per input, the options' scores, the classifier's
   answer and probabilities, and the method's estimate of each expert's P(right), if it has one.
 
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from l2d.annotations import MISSING
 from l2d.options import MethodOptions
 
 
@@ -96,12 +98,27 @@ def trainable(method: Method) -> Any:
     return getattr(method, "trainable", nnx.Param)
 
 
-def training_coverage(scores: jax.Array) -> jax.Array:
-    """Share of the batch whose highest score is the classifier's (the last column).
+def present(expert_labels: jax.Array) -> jax.Array:
+    """bool ``[B, K]``: which annotations exist."""
+    return expert_labels != MISSING
+
+
+def available_options(expert_labels: jax.Array) -> jax.Array:
+    """bool ``[B, K + 1]``: the experts whose annotation exists, then the classifier (always):
+    the options an input can go to."""
+    return jnp.concatenate(
+        [present(expert_labels), jnp.ones((expert_labels.shape[0], 1), bool)], axis=-1)
+
+
+def training_coverage(scores: jax.Array, available: jax.Array | None = None) -> jax.Array:
+    """Share of the batch whose highest score, among the ``available`` options (all if None),
+    is the classifier's (the last column).
 
     Computed from the scores of the training forward pass, so it reflects the training-mode
     network (batch-statistics BatchNorm) on augmented images, not the test-time decision.
     """
+    if available is not None:
+        scores = jnp.where(available, scores, -jnp.inf)
     return jnp.mean(jnp.argmax(scores, axis=-1) == scores.shape[-1] - 1).astype(jnp.float32)
 
 

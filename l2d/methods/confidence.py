@@ -7,7 +7,8 @@ logistic outputs, each trained on r_k = 1[t_k = y]:
 
     loss = -log softmax(h)_y + sum_k [r_k phi(e_k) + (1 - r_k) phi(-e_k)],  phi(s) = log(1 + e^-s)
 
-sigmoid(e_k) estimates P(expert k is right | x). The system defers to the expert with the highest
+sigmoid(e_k) estimates P(expert k is right | x); an expert without an annotation for an input has
+no term for that input. The system defers to the expert with the highest
 estimate when it beats the classifier's top softmax probability; the scores are the logarithms of
 both, so the accuracy-coverage curve sweeps the margin between them.
 """
@@ -24,7 +25,9 @@ from l2d.methods.base import (
     Decision,
     Problem,
     at_least_float32,
+    available_options,
     cross_entropy,
+    present,
     top_log_probability,
     training_coverage,
 )
@@ -47,11 +50,13 @@ class ConfidenceNetworks(nnx.Module):
 
 def experts_right_loss(expert_outputs: jax.Array, labels: jax.Array,
                        expert_labels: jax.Array) -> jax.Array:
-    """``[B]``: the logistic loss of each output e_k against r_k, summed over the experts."""
+    """``[B]``: the logistic loss of each output e_k against r_k, summed over the experts
+    annotated."""
     expert_outputs = at_least_float32(expert_outputs)
     right = experts_right(expert_labels, labels)
-    return jnp.sum(right * jax.nn.softplus(-expert_outputs)
-                   + (1.0 - right) * jax.nn.softplus(expert_outputs), axis=-1)
+    return jnp.sum(jnp.where(present(expert_labels),
+                             right * jax.nn.softplus(-expert_outputs)
+                             + (1.0 - right) * jax.nn.softplus(expert_outputs), 0.0), axis=-1)
 
 
 def confidence_scores(clf_logits: jax.Array, expert_outputs: jax.Array) -> jax.Array:
@@ -87,7 +92,8 @@ class ConfidenceComparison:
                                                    batch["expert_labels"]))
         return clf_loss + experts_loss, {
             CLF_LOSS: clf_loss, EXPERT_MODEL_LOSS: experts_loss,
-            TRAIN_COVERAGE: training_coverage(confidence_scores(clf_logits, expert_outputs))}
+            TRAIN_COVERAGE: training_coverage(confidence_scores(clf_logits, expert_outputs),
+                                              available_options(batch["expert_labels"]))}
 
     def decide(self, model: ConfidenceNetworks, inputs) -> Decision:
         clf_logits, expert_outputs = model.classifier(inputs), model.experts(inputs)

@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.annotations import MISSING
-from l2d.methods.base import Decision, Problem, training_coverage
+from l2d.methods.base import Decision, Problem, available_options, present, training_coverage
 from l2d.methods.options import (
     ANNOTATION_LOSS,
     CLF_LOSS,
@@ -39,17 +38,6 @@ from l2d.workload import project_log_posterior, share_bounds
 
 EStep = Literal["exact", "mc"]
 ClassifierWeighting = Literal["posterior", "uniform"]
-
-
-def present(expert_labels: jax.Array) -> jax.Array:
-    """Which annotations exist, bool ``[batch, K]``."""
-    return expert_labels != MISSING
-
-
-def available_options(expert_labels: jax.Array) -> jax.Array:
-    """bool ``[batch, K + 1]``: the experts whose annotation exists, then the classifier."""
-    return jnp.concatenate(
-        [present(expert_labels), jnp.ones((expert_labels.shape[0], 1), bool)], axis=-1)
 
 
 def expert_log_likelihood(

@@ -6,6 +6,10 @@ classifier answers with that class, expert k's output winning means deferring to
 method scores (``[B, K + 1]``, classifier last) that is the K deferral outputs followed by the
 best class output. A subclass supplies its per-sample loss and, where its outputs mean
 something else, its scores and probability estimates.
+
+An expert without an annotation for an input is no option for it: each loss leaves that expert's
+terms out (its output leaves the softmax of softmax and rs; its binary term goes in ova and asm),
+and routing chooses among the options present, as at test time.
 """
 
 import dataclasses
@@ -15,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l2d.methods.base import Decision, Problem, training_coverage
+from l2d.methods.base import Decision, Problem, available_options, present, training_coverage
 from l2d.methods.options import (
     SURROGATE_LOSS,
     SURROGATE_MEASUREMENTS,
@@ -55,8 +59,8 @@ class OneNetworkMethod:
         outputs = model(inputs)
         loss = jnp.mean(self.surrogate_loss(outputs, batch["label"], batch["expert_labels"],
                                             self.num_classes))
-        return loss, {SURROGATE_LOSS: loss,
-                      TRAIN_COVERAGE: training_coverage(self.scores(outputs))}
+        return loss, {SURROGATE_LOSS: loss, TRAIN_COVERAGE: training_coverage(
+            self.scores(outputs), available_options(batch["expert_labels"]))}
 
     def decide(self, model: nnx.Module, inputs) -> Decision:
         outputs = model(inputs).astype(jnp.float32)
@@ -81,5 +85,14 @@ class OneNetworkMethod:
 
 
 def experts_right(expert_labels: jax.Array, labels: jax.Array) -> jax.Array:
-    """1[t_k = y] as float32 ``[B, K]``."""
+    """1[t_k = y] as float32 ``[B, K]`` (0 where t_k is missing)."""
     return (expert_labels == labels[:, None]).astype(jnp.float32)
+
+
+def absent_left_out(outputs: jax.Array, expert_labels: jax.Array) -> jax.Array:
+    """Outputs ``[B, C + K]`` with each absent expert's output at -inf: no mass in a softmax
+    over all outputs, so the loss neither rewards nor punishes deferring to it."""
+    num_classes = outputs.shape[-1] - expert_labels.shape[-1]
+    kept = jnp.concatenate([jnp.ones((outputs.shape[0], num_classes), bool),
+                            present(expert_labels)], axis=-1)
+    return jnp.where(kept, outputs, -jnp.inf)

@@ -82,7 +82,7 @@ class ClassifierOptions(MethodOptions):
 
 @dataclasses.dataclass(frozen=True)
 class EMOptions(ClassifierOptions):
-    """EM's networks, E-step, classifier weighting and missing annotations."""
+    """EM's networks, E-step, classifier weighting and how it treats missing annotations."""
 
     # The (model, width) options of the networks every EM run trains.
     networks: ClassVar = (("clf_model", "clf_width"), ("dfr_model", "dfr_width"))
@@ -99,8 +99,6 @@ class EMOptions(ClassifierOptions):
     clf_weighting: str = option(
         "posterior", "the classifier loss's weights: q(classifier), as in the original, or 1 "
         "for every input", choices=("posterior", "uniform"))
-    allow_missing_annotations: bool = option(
-        False, "expert manifests may omit files or give \"label\": null", changes=ON_TEST)
     missing: str = option(
         "exclude", "a missing annotation leaves the expert out of that input (exclude) or is "
         "predicted by an annotation network (model)", choices=("exclude", "model"))
@@ -122,9 +120,6 @@ class EMOptions(ClassifierOptions):
         for name in ("ann_model", "ann_width"):
             if name in given and self.missing != "model":
                 raise L2DError(f"{flag_of(name)}: only used with --missing model")
-
-    def allows_missing_annotations(self) -> bool:
-        return self.allow_missing_annotations
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,19 +11,22 @@ which only scales the loss); summing the right experts' mass in the first term i
 to K experts: the loss is low when the probability mass of "an option that is right" is high,
 whichever option it is, which is what makes it realizable-consistent. Decisions are the argmax
 over all C + K outputs, as for the softmax surrogate.
+
+An expert without an annotation for an input is left out of both sums of that input (its output
+is -inf there), as in the softmax surrogate.
 """
 
 import jax
 import jax.numpy as jnp
 
 from l2d.methods.base import at_least_float32
-from l2d.methods.one_network import OneNetworkMethod, experts_right
+from l2d.methods.one_network import OneNetworkMethod, absent_left_out, experts_right
 
 
 def realizable_surrogate_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax.Array,
                               num_classes: int, alpha: float = 1.0) -> jax.Array:
     """Per-sample loss ``[B]`` of outputs ``[B, C + K]``."""
-    outputs = at_least_float32(outputs)
+    outputs = absent_left_out(at_least_float32(outputs), expert_labels)
     right = jnp.concatenate([jax.nn.one_hot(labels, num_classes, dtype=bool),
                              experts_right(expert_labels, labels) > 0], axis=-1)
     log_total = jax.nn.logsumexp(outputs, axis=-1)

@@ -4,7 +4,8 @@ A classifier is trained by cross-entropy alone; the experts play no part in its 
 keeps the inputs where its top softmax probability is highest and defers the others to the
 expert with the best training accuracy. That accuracy is counted during training, from the
 annotations of the training batches, into the model's state (``ExpertTally``), so that it is
-checkpointed, resumed and served with the classifier.
+checkpointed, resumed and served with the classifier. An expert's accuracy counts only the
+inputs it annotated.
 
 Scores: log(training accuracy of expert k) for every expert (the best one available wins), then
 log max_c softmax(h)_c. The default decision defers when the classifier is less likely right than
@@ -23,6 +24,7 @@ from l2d.methods.base import (
     Decision,
     Problem,
     cross_entropy,
+    present,
     top_log_probability,
     training_coverage,
 )
@@ -45,7 +47,8 @@ class ExpertTally(nnx.Variable):
 class SelectiveNetworks(nnx.Module):
     def __init__(self, classifier: nnx.Module, num_experts: int):
         self.classifier = classifier
-        # Per expert: training annotations that were right, and training annotations seen.
+        # Per expert: training annotations that were right, and training annotations seen
+        # (present ones: a missing annotation is neither).
         # int32: float32 counts stop being exact past 2^24 annotations.
         self.right = ExpertTally(jnp.zeros(num_experts, jnp.int32))
         self.seen = ExpertTally(jnp.zeros(num_experts, jnp.int32))
@@ -84,7 +87,7 @@ class Selective:
         clf_loss = jnp.mean(cross_entropy(clf_logits, batch["label"]))
         right = batch["expert_labels"] == batch["label"][:, None]
         model.right[...] += jnp.sum(right, axis=0, dtype=jnp.int32)
-        model.seen[...] += jnp.int32(batch["label"].shape[0])
+        model.seen[...] += jnp.sum(present(batch["expert_labels"]), axis=0, dtype=jnp.int32)
         return clf_loss, {CLF_LOSS: clf_loss, TRAIN_COVERAGE: training_coverage(
             selective_scores(jax.lax.stop_gradient(clf_logits), model.expert_accuracy()))}
 

@@ -4,6 +4,10 @@ For K = 1 it is L_CE of Mozannar & Sontag (ICML 2020). p = softmax over all C + 
 
     loss = -log p_y - sum_k 1[t_k = y] log p_(C+k)
 
+An expert without an annotation for an input leaves the softmax of that input (its output is
+-inf there): the loss is that of the options present, and its output is pushed neither way.
+The literature's code reads a missing label as a wrong one, which pushes its output down.
+
 The classifier's class is learned as usual, and each expert's output is pushed up on the inputs
 where that expert is right, so that at test time the argmax over all outputs defers exactly where
 an expert is more likely right than the classifier.
@@ -18,15 +22,19 @@ unbounded: it can exceed 1, and calibration bins it clipped to [0, 1].
 import jax
 import jax.numpy as jnp
 
-from l2d.methods.one_network import OneNetworkMethod, experts_right
+from l2d.methods.base import at_least_float32
+from l2d.methods.one_network import OneNetworkMethod, absent_left_out, experts_right
 
 
 def softmax_surrogate_loss(outputs: jax.Array, labels: jax.Array, expert_labels: jax.Array,
                            num_classes: int) -> jax.Array:
     """Per-sample loss ``[B]`` of outputs ``[B, C + K]``."""
-    log_p = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(absent_left_out(at_least_float32(outputs), expert_labels),
+                               axis=-1)
     class_term = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
-    expert_terms = -jnp.sum(experts_right(expert_labels, labels) * log_p[:, num_classes:], -1)
+    # An absent expert's log p is -inf and it is never right: where() keeps 0 x -inf out.
+    right = experts_right(expert_labels, labels) > 0
+    expert_terms = -jnp.sum(jnp.where(right, log_p[:, num_classes:], 0.0), axis=-1)
     return class_term + expert_terms
 
 

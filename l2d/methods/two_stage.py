@@ -22,6 +22,10 @@ scores. Trained in one run, both stages learn at once: the rejector's costs use 
 current predictions (they carry no gradient). The strict two-stage protocol trains the
 classifier first (e.g. ``--method selective``) and passes its run to ``--classifier-run``.
 
+An expert without an annotation for an input is no option for it: its cost is unknown, so it
+leaves the rejector's softmax and the sums of that input, which is the loss of the options
+present (the literature's code counts it as wrong, c_k = 1).
+
 The system routes each input to the argmax of the rejector's outputs.
 """
 
@@ -35,7 +39,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l2d.errors import L2DError
-from l2d.methods.base import Decision, Problem, at_least_float32, cross_entropy, training_coverage
+from l2d.methods.base import (
+    Decision,
+    Problem,
+    at_least_float32,
+    available_options,
+    cross_entropy,
+    present,
+    training_coverage,
+)
 from l2d.methods.options import (
     CLF_LOSS,
     REJECTOR_LOSS,
@@ -55,15 +67,24 @@ class TwoStageNetworks(nnx.Module):
 
 def option_costs(class_prediction: jax.Array, labels: jax.Array,
                  expert_labels: jax.Array) -> jax.Array:
-    """``[B, K + 1]`` float32: 1 where an option is wrong (the experts, then the classifier)."""
-    return jnp.concatenate([expert_labels != labels[:, None],
+    """``[B, K + 1]`` float32: 1 where an option is wrong (the experts, then the classifier), 0
+    where an expert is absent (``rejector_loss`` leaves it out)."""
+    return jnp.concatenate([present(expert_labels) & (expert_labels != labels[:, None]),
                             (class_prediction != labels)[:, None]],
                            axis=-1).astype(jnp.float32)
 
 
-def rejector_loss(rejector_logits: jax.Array, costs: jax.Array) -> jax.Array:
-    """``[B]``: -sum_j (sum_(i != j) c_i) log softmax(r)_j."""
-    log_p = jax.nn.log_softmax(at_least_float32(rejector_logits), axis=-1)
+def rejector_loss(rejector_logits: jax.Array, costs: jax.Array,
+                  available: jax.Array | None = None) -> jax.Array:
+    """``[B]``: -sum_j (sum_(i != j) c_i) log softmax(r)_j, j and i over the ``available``
+    options ``[B, K + 1]`` (all if None)."""
+    logits = at_least_float32(rejector_logits)
+    if available is not None:
+        logits = jnp.where(available, logits, -jnp.inf)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    if available is not None:
+        # An absent option's cost is 0 and its log p (-inf) is kept out of the product.
+        log_p = jnp.where(available, log_p, 0.0)
     others = jnp.sum(costs, axis=-1, keepdims=True) - costs
     return -jnp.sum(others * log_p, axis=-1)
 
@@ -136,11 +157,12 @@ class TwoStage:
     def loss(self, model: TwoStageNetworks, inputs, batch, key):
         clf_logits, _ = self.classify(model, inputs)
         rejector_logits = model.rejector(inputs)
-        costs = option_costs(jnp.argmax(clf_logits, axis=-1), batch["label"],
-                             batch["expert_labels"])
-        rejection = jnp.mean(rejector_loss(rejector_logits, costs))
+        expert_labels = batch["expert_labels"]
+        available = available_options(expert_labels)
+        costs = option_costs(jnp.argmax(clf_logits, axis=-1), batch["label"], expert_labels)
+        rejection = jnp.mean(rejector_loss(rejector_logits, costs, available))
         measurements = {REJECTOR_LOSS: rejection,
-                        TRAIN_COVERAGE: training_coverage(rejector_logits)}
+                        TRAIN_COVERAGE: training_coverage(rejector_logits, available)}
         if self.frozen:
             return rejection, measurements
         clf_loss = jnp.mean(cross_entropy(clf_logits, batch["label"]))
