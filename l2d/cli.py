@@ -24,6 +24,7 @@ from l2d.config import (
     changeable,
     check_method_flags,
 )
+from l2d.data.expert_files import with_expert_files
 from l2d.errors import Interrupted, L2DError, TrainingDiverged
 from l2d.methods import METHODS
 from l2d.options import Option, default_text, listed
@@ -34,6 +35,8 @@ EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
 DEMO_EPOCHS = 15
 
+# ``l2d prepare annotations``: the word that makes ``l2d prepare`` import an annotation table.
+ANNOTATIONS = "annotations"
 # What ``l2d runs --status`` filters by (MLflow's run statuses).
 RUN_STATUSES = ("FINISHED", "RUNNING", "FAILED", "KILLED")
 
@@ -162,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "as the split; otherwise a seeded stratified split with --test-share. Class "
                     "indices follow the sorted folder names: numeric order if every name is an "
                     "integer, else string order; classes.json lists the names by index.")
-    prepare.add_argument("source", help="image folder or .tar.gz/.tgz/.tar archive")
+    prepare.add_argument("source", help="image folder or .tar.gz/.tgz/.tar archive; or "
+                         f"'{ANNOTATIONS}' to import an annotation table (l2d prepare "
+                         f"{ANNOTATIONS} --help)")
     prepare.add_argument("--output", required=True, help="folder for the manifests")
     prepare.add_argument("--test-share", type=float, default=0.2,
                          help="test share per class when there are no train/test folders "
@@ -190,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="class specialist on CLASSES (e.g. 0-4 or 0,2,7): right with "
                            "probability --p-in on them, --p-out elsewhere, a uniformly drawn "
                            "other class when wrong")
+    kind.add_argument("--crowd", type=int, metavar="N",
+                      help="a simulated crowd of N annotators, each labelling its own seeded "
+                           "--per-annotator images of each manifest, right with its own "
+                           "accuracy drawn from --accuracy, a uniformly drawn other class when "
+                           "wrong; writes <split>_crowd<N>_<seed>_a<i>.json (train with "
+                           "--allow-missing-annotations)")
+    experts.add_argument("--per-annotator", type=int, metavar="M",
+                         help="--crowd: images each annotator labels per manifest")
+    experts.add_argument("--accuracy", type=comma_floats, metavar="LO,HI",
+                         help="--crowd: the range of the annotators' accuracies "
+                              "(default: 0.6,0.95)")
     experts.add_argument("--p-in", type=float, default=1.0, help="(default: 1.0)")
     experts.add_argument("--p-out", type=float, default=0.1,
                          help="(default: 0.1, uniformly random on 10 classes)")
@@ -286,6 +302,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_annotations_parser() -> argparse.ArgumentParser:
+    """``l2d prepare annotations``: its own parser, as ``l2d prepare`` reads a folder."""
+    parser = OneLineErrorParser(
+        prog=f"l2d prepare {ANNOTATIONS}",
+        description="Import an annotation table (CSV, JSON lines or JSON; one annotation per "
+                    "row) or a vote-count matrix into the manifests l2d train reads: "
+                    "train_<expert>.json and test_<expert>.json (label null where the expert "
+                    "gave none), train_groundtruth.json, test_groundtruth.json, classes.json and "
+                    "summary.json in --output. Give the ground truth once and, unless two "
+                    "ground-truth manifests split the images, a split.")
+    parser.add_argument("table", nargs="?", type=Path, help="the annotation table")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the manifests")
+    columns = parser.add_argument_group("the table")
+    columns.add_argument("--item-column", default="file",
+                         help="the image: a path, or an id for --file-pattern (default: file)")
+    columns.add_argument("--annotator-column", default="annotator", help="(default: annotator)")
+    columns.add_argument("--label-column", default="label",
+                         help="a class index or name (default: label)")
+    columns.add_argument("--file-pattern", metavar="PATTERN",
+                         help="the image file of an item id, e.g. '{id:05d}.png' or "
+                              "'{id}.jpg' (default: the item is the file)")
+    columns.add_argument("--images-root", type=Path, metavar="DIR",
+                         help="folder the image files are relative to (default: the table's)")
+    columns.add_argument("--counts", type=Path, metavar="FILE.npy",
+                         help="instead of a table: an N x C matrix of votes (only with "
+                              "--sample-annotators)")
+    columns.add_argument("--order", type=Path, metavar="MANIFEST.json",
+                         help="--counts: the manifest whose N images are the matrix's rows")
+    columns.add_argument("--classes", type=Path, metavar="classes.json",
+                         help="the class names by index (default: classes.json beside the "
+                              "ground-truth manifest, else the labels: integers are indices, "
+                              "names are sorted)")
+    truth = parser.add_argument_group("ground truth and split")
+    truth.add_argument("--groundtruth-column", metavar="COLUMN",
+                       help="the true class of each row's image")
+    truth.add_argument("--groundtruth", metavar="TRAIN.json[,TEST.json]|majority",
+                       help="existing ground-truth manifests (two: they split the images), "
+                            "or 'majority': each image's most frequent label, the smallest "
+                            "class index among a tie")
+    truth.add_argument("--split-column", metavar="COLUMN", help="values train or test")
+    truth.add_argument("--test-fraction", type=float, metavar="F",
+                       help="a stratified, seeded split with this test share per class")
+    experts = parser.add_argument_group("experts")
+    experts.add_argument("--min-annotations", type=int, default=1, metavar="N",
+                         help="every annotator with at least N labels (default: 1)")
+    experts.add_argument("--top-annotators", type=int, metavar="N",
+                         help="only the N most prolific of those (ties by name)")
+    experts.add_argument("--sample-annotators", type=int, metavar="S",
+                         help="S pooled experts instead: each image's labels drawn without "
+                              "replacement from its own annotators (S = 1: the CIFAR-10H "
+                              "protocol)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the split and the draws of --sample-annotators (default: 0)")
+    return parser
+
+
+def run_annotations_command(args: dict) -> None:
+    from l2d.data.import_annotations import SUMMARY_FILE, ImportOptions, import_annotations
+
+    summary = import_annotations(ImportOptions(**args))
+    images = summary["images"]
+    experts = summary["experts"]
+    print(f"{len(experts)} experts, {summary['classes']} classes, {images['train']} training "
+          f"and {images['test']} test images; ground truth: {summary['groundtruth']}")
+    shown = sorted(experts, key=lambda e: -e["labels"])[:10]
+    for expert in shown:
+        print(f"  {expert['name']}: {expert['labels']} labels, agreement "
+              f"{expert['agreement']:.3f} with the ground truth, missing {expert['missing']:.1%}")
+    if len(experts) > len(shown):
+        print(f"  ... and {len(experts) - len(shown)} more (the most prolific shown)")
+    print("images by number of labels: " + ", ".join(
+        f"{n}: {count}" for n, count in summary["images_by_number_of_labels"].items()))
+    print(args["output"] / SUMMARY_FILE)
+
+
 def run_train_command(given: dict) -> None:
     mode = given.pop("mode", "train")
     resume = given.pop("resume", False)
@@ -303,8 +394,10 @@ def run_train_command(given: dict) -> None:
         raise L2DError(f"--run-id={run_id}: only used with --resume or --test")
     if resume or mode == "test":
         folder = RunFolder.of(given.get("artifact_path", TrackingOptions.artifact_path), run_id)
+        given = with_expert_files(given, folder.load_config().to_dict())
         config = folder.stored_config(given, changeable=changeable(testing=mode == "test"))
     else:
+        given = with_expert_files(given)
         # Values first, then whose flags they are: a bad value is named before a misplaced flag.
         config = TrainConfig.from_dict(given, strict=False)
     config.validate()
@@ -396,6 +489,12 @@ def run_prepare_command(args: dict) -> None:
 def run_experts_command(args: dict) -> None:
     from l2d.data.experts import ExpertSpec, write_experts
 
+    crowd_flags = [flag for flag in ("per_annotator", "accuracy") if args[flag] is not None]
+    if args["crowd"] is not None:
+        run_crowd_command(args)
+        return
+    if crowd_flags:
+        raise L2DError(f"--{crowd_flags[0].replace('_', '-')}: only used with --crowd")
     if args["noise"] is not None:
         spec = ExpertSpec.noise(args["noise"])
     else:
@@ -408,6 +507,25 @@ def run_experts_command(args: dict) -> None:
         missing = f" ({result['num_missing']} left without one)" if result["num_missing"] else ""
         print(f"{result['path']}: accuracy {result['accuracy']:.4f} on "
               f"{result['num_samples']} annotated images{missing}{detail}")
+
+
+def run_crowd_command(args: dict) -> None:
+    from l2d.data.crowd import write_crowd
+
+    if args["per_annotator"] is None:
+        raise L2DError("--crowd: needs --per-annotator M, the images each annotator labels")
+    if args["missing_rate"]:
+        raise L2DError("--missing-rate: not with --crowd, whose annotators label only "
+                       "--per-annotator images each")
+    for result in write_crowd(list(args["groundtruth"]), num_annotators=args["crowd"],
+                              per_annotator=args["per_annotator"],
+                              accuracy=args["accuracy"] or (0.6, 0.95), seed=args["seed"],
+                              num_classes=args["num_classes"]):
+        accuracy = result["accuracy"]
+        print(f"{result['files']}: {result['annotators']} annotators, "
+              f"{result['per_annotator']} of {result['num_samples']} images each, accuracy "
+              f"{min(accuracy):.3f}-{max(accuracy):.3f} (mean {sum(accuracy) / len(accuracy):.3f}); "
+              f"{result['covered']} images have at least one label")
 
 
 def run_plot_command(args: dict) -> None:
@@ -481,10 +599,16 @@ def resume_command(run_id: str, args: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    command = args.pop("command")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["prepare", ANNOTATIONS]:
+        args, command = vars(build_annotations_parser().parse_args(argv[2:])), ANNOTATIONS
+    else:
+        args = vars(build_parser().parse_args(argv))
+        command = args.pop("command")
     try:
-        if command == "train":
+        if command == ANNOTATIONS:
+            run_annotations_command(args)
+        elif command == "train":
             run_train_command(args)
         elif command == "demo":
             run_demo_command(args)

@@ -105,12 +105,14 @@ class DataOptions(Options):
     title = "data"
 
     train_files: tuple[str, ...] = option(
-        (), "expert manifests of the training split, one per expert", metavar="A.json,B.json")
+        (), "expert manifests of the training split, one per expert; or a folder (its "
+        "train_*.json) or a glob, sorted, the ground truth left out", metavar="A.json,B.json")
     train_groundtruth_file: str = option(
         "", "ground-truth manifest of the training split", metavar="GT.json")
     test_files: tuple[str, ...] = option(
-        (), "expert manifests of the test split, the same experts in the same order",
-        changes=ON_TEST, metavar="A.json,B.json")
+        (), "expert manifests of the test split, the same experts in the same order; or a "
+        "folder (its test_*.json) or a glob, matched to --train-files by name (test_X.json is "
+        "expert train_X.json)", changes=ON_TEST, metavar="A.json,B.json")
     test_groundtruth_file: str = option(
         "", "ground-truth manifest of the test split", changes=ON_TEST, metavar="GT.json")
     val_fraction: float = option(
@@ -121,7 +123,7 @@ class DataOptions(Options):
         metavar="GT.json")
     val_files: tuple[str, ...] = option(
         (), "expert manifests of that validation split, the experts of --train-files in their "
-        "order", metavar="A.json,B.json")
+        "order; or a folder (its val_*.json) or a glob, matched by name", metavar="A.json,B.json")
     expert_names: tuple[str, ...] | None = option(
         None, "the experts' names, in --train-files order, in the summary, plots, decisions "
         "and the served model's columns (default: the training manifests' file names)",

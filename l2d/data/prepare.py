@@ -130,7 +130,7 @@ def prepare_dataset(source: Path, output: Path, *, test_share: float = 0.2, seed
                            "train/ and test/ folders holding them)")
         layout = "stratified split"
         names = sort_class_names(list(dirs))
-        train, test = _stratified_split(
+        train, test = stratified_split(
             [scan.images(root / name) for name in names], test_share, seed)
         if not test.files:
             raise L2DError(f"{root}: too few images for a test split with test_share="
@@ -159,7 +159,7 @@ def prepare_dataset(source: Path, output: Path, *, test_share: float = 0.2, seed
                        "manifest was written")
 
     output.mkdir(parents=True, exist_ok=True)
-    written = _write_all(output, {
+    written = write_all(output, {
         TRAIN_MANIFEST: _manifest_text(output, train),
         TEST_MANIFEST: _manifest_text(output, test),
         CLASSES_FILE: json.dumps(names, indent=1) + "\n",
@@ -312,7 +312,7 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _stratified_split(per_class: list[list[str]], test_share: float,
+def stratified_split(per_class: list[list[str]], test_share: float,
                       seed: int) -> tuple[_Split, _Split]:
     """Per class c, a generator seeded by (seed, c) picks round(test_share * n) test images
     (at most n - 1); both splits keep each class's sorted file order."""
@@ -351,7 +351,7 @@ def _manifest_text(output: Path, split: _Split) -> str:
     return "[\n" + ",\n".join(lines) + "\n]\n"
 
 
-def _write_all(folder: Path, texts: dict[str, str]) -> dict[str, str]:
+def write_all(folder: Path, texts: dict[str, str]) -> dict[str, str]:
     """Write every file under a temporary name first, then rename them all into place."""
     temporary = {name: folder / f".{name}.tmp-{os.getpid()}" for name in texts}
     try:

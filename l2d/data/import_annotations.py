@@ -1,0 +1,393 @@
+"""``l2d prepare annotations``: an annotation table (or a vote-count matrix) -> the manifests
+``l2d train`` reads, one per expert and split.
+
+The steps, each with its own flags:
+
+1. **Annotations**: one (item, annotator, label) per row of the table
+   (``l2d.data.annotation_table``); the item is an image path, or an id made a path by
+   ``--file-pattern``, under ``--images-root`` (default: the table's folder). Or, from
+   ``--counts``, an N x C matrix of votes whose rows follow the manifest ``--order``.
+2. **Classes**: ``--classes`` (a JSON list of names), else ``classes.json`` beside a
+   ground-truth manifest, else the labels themselves: all integers are indices, otherwise the
+   sorted names (numerically if every name is an integer).
+3. **Ground truth**: a column (``--groundtruth-column``), existing manifests (``--groundtruth
+   TRAIN.json[,TEST.json]``), or ``--groundtruth majority``: each image's most frequent label,
+   the smallest class index among a tie.
+4. **Split**: a column of ``train``/``test`` (``--split-column``), the two ground-truth
+   manifests, or ``--test-fraction`` (stratified by class, seeded by ``--seed``).
+5. **Experts**: every annotator with at least ``--min-annotations`` labels, the
+   ``--top-annotators`` most prolific (ties by name), or ``--sample-annotators S`` pooled
+   experts: expert s gives each image the s-th of its labels in an order drawn for that image
+   from ``--seed`` and its path, so without replacement, and null once they run out.
+
+Written into ``--output``: ``train_<expert>.json`` and ``test_<expert>.json`` (every image of
+the split, ``"label": null`` where that expert gave none), ``train_groundtruth.json``,
+``test_groundtruth.json``, ``classes.json`` and ``summary.json``, all under temporary names
+renamed at the end, so a failed import writes nothing.
+"""
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from l2d.data.annotation_table import Columns, read_table
+from l2d.data.manifest import read_manifest
+from l2d.data.prepare import CLASSES_FILE, sort_class_names, stratified_split, write_all
+from l2d.errors import L2DError
+
+MAJORITY = "majority"
+MAJORITY_RULE = "majority vote; a tie goes to the smallest class index"
+SPLITS = ("train", "test")
+SUMMARY_FILE = "summary.json"
+# Characters an expert's name keeps in its manifest's file name.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What ``l2d prepare annotations`` was asked (its flags, one field each)."""
+
+    output: Path
+    table: Path | None = None
+    item_column: str = "file"
+    annotator_column: str = "annotator"
+    label_column: str = "label"
+    file_pattern: str | None = None
+    images_root: Path | None = None
+    counts: Path | None = None
+    order: Path | None = None
+    classes: Path | None = None
+    groundtruth_column: str | None = None
+    groundtruth: str | None = None
+    split_column: str | None = None
+    test_fraction: float | None = None
+    min_annotations: int = 1
+    top_annotators: int | None = None
+    sample_annotators: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Annotation:
+    where: str  # "TABLE: row N", for errors.
+    file: str  # Absolute, normalised.
+    annotator: str
+    label: str  # As the table gives it: an index or a class name.
+
+
+def check_options(options: ImportOptions) -> None:
+    if (options.table is None) == (options.counts is None):
+        raise L2DError("give an annotation TABLE or --counts FILE.npy, not both")
+    if options.counts is not None:
+        if options.order is None:
+            raise L2DError("--counts: needs --order MANIFEST.json, the images of its rows")
+        if options.sample_annotators is None:
+            raise L2DError("--counts: vote counts name no annotator; use --sample-annotators S")
+    chosen = [flag for flag, given in (("--top-annotators", options.top_annotators),
+                                       ("--sample-annotators", options.sample_annotators))
+              if given is not None]
+    if len(chosen) > 1:
+        raise L2DError(f"{chosen[1]}: not with {chosen[0]}; choose one way to form experts")
+    for flag, value in (("--min-annotations", options.min_annotations),
+                        ("--top-annotators", options.top_annotators),
+                        ("--sample-annotators", options.sample_annotators)):
+        if value is not None and value < 1:
+            raise L2DError(f"{flag}={value}: must be at least 1")
+    sources = [flag for flag, given in (("--groundtruth-column", options.groundtruth_column),
+                                        ("--groundtruth", options.groundtruth)) if given]
+    if len(sources) != 1:
+        raise L2DError("give the ground truth once: --groundtruth-column COLUMN, --groundtruth "
+                       "TRAIN.json[,TEST.json] or --groundtruth majority")
+    if options.test_fraction is not None and not 0 < options.test_fraction < 1:
+        raise L2DError(f"--test-fraction={options.test_fraction}: must be in (0, 1)")
+
+
+def groundtruth_manifests(options: ImportOptions) -> list[Path]:
+    if options.groundtruth in (None, MAJORITY):
+        return []
+    manifests = [Path(os.path.abspath(p)) for p in options.groundtruth.split(",")]
+    if len(manifests) > 2:
+        raise L2DError(f"--groundtruth={options.groundtruth}: one manifest, or two "
+                       "(training and test)")
+    return manifests
+
+
+def item_file(options: ImportOptions, where: str, item: str) -> str:
+    """The absolute image path of a table's item."""
+    if options.file_pattern:
+        try:
+            name = options.file_pattern.format(id=int(item) if item.isdigit() else item)
+        except (ValueError, KeyError, IndexError) as error:
+            raise L2DError(f"{where}: --file-pattern={options.file_pattern} cannot format item "
+                           f"{item!r}: {error}") from None
+    else:
+        name = item
+    root = options.images_root or options.table.parent
+    return os.path.normpath(os.path.join(os.path.abspath(root), name))
+
+
+def table_annotations(options: ImportOptions) -> tuple[list[Annotation], dict]:
+    """The table's annotations, and its rows' ground truth and split columns by file."""
+    rows = read_table(options.table, Columns(options.item_column, options.annotator_column,
+                                             options.label_column))
+    annotations, columns = [], {"groundtruth": {}, "split": {}}
+    for row in rows:
+        where = f"{options.table}: row {row.number}"
+        file = item_file(options, where, row.get(options.table, options.item_column))
+        annotations.append(Annotation(where, file, row.get(options.table,
+                                                           options.annotator_column),
+                                      row.get(options.table, options.label_column)))
+        for key, column in (("groundtruth", options.groundtruth_column),
+                            ("split", options.split_column)):
+            if column:
+                value = row.get(options.table, column)
+                seen = columns[key].setdefault(file, (value, where))
+                if seen[0] != value:
+                    raise L2DError(f"{where}: column {column!r} gives {value!r} for "
+                                   f"{os.path.basename(file)!r}, {seen[1]} gave {seen[0]!r}")
+    return annotations, columns
+
+
+def count_annotations(options: ImportOptions) -> list[Annotation]:
+    """One annotation per vote of the ``--counts`` matrix, by an annotator per vote."""
+    try:
+        counts = np.load(options.counts)
+    except (OSError, ValueError) as error:
+        raise L2DError(f"{options.counts}: cannot read the vote counts: {error}") from None
+    files = [file for file, _ in read_manifest(options.order, allow_null_labels=True)]
+    if counts.ndim != 2 or counts.shape[0] != len(files):
+        raise L2DError(f"{options.counts}: shape {counts.shape}, expected N x C with N = "
+                       f"{len(files)}, the images of --order {options.order}")
+    if not np.issubdtype(counts.dtype, np.number) or np.any(counts < 0) or np.any(
+            counts != np.round(counts)):
+        raise L2DError(f"{options.counts}: vote counts must be non-negative integers")
+    annotations = []
+    for row, (file, votes) in enumerate(zip(files, counts.astype(np.int64))):
+        where = f"{options.counts}: row {row}"
+        for label in np.repeat(np.arange(len(votes)), votes).tolist():
+            annotations.append(Annotation(where, file, "", str(label)))
+    return annotations
+
+
+def class_names(options: ImportOptions, labels: list[str], num_groundtruth: int | None
+                ) -> list[str]:
+    """The classes' names by index (step 2 of the module docstring)."""
+    path = options.classes
+    manifests = groundtruth_manifests(options)
+    if path is None and manifests and (manifests[0].parent / CLASSES_FILE).is_file():
+        path = manifests[0].parent / CLASSES_FILE
+    if path is not None:
+        try:
+            names = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise L2DError(f"{path}: cannot read the class names: {error}") from None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise L2DError(f"{path}: expected a JSON list of class names")
+        return names
+    if all(label.isdigit() for label in labels):
+        return [str(c) for c in range(max([int(v) for v in labels] + [
+            (num_groundtruth or 0) - 1]) + 1)]
+    return sort_class_names(sorted(set(labels)))
+
+
+def class_index(names: list[str], label: str, where: str) -> int:
+    if label in names:
+        return names.index(label)
+    if label.isdigit() and int(label) < len(names):
+        return int(label)
+    raise L2DError(f"{where}: unknown class {label!r} (classes: {', '.join(names[:12])}"
+                   f"{', ...' if len(names) > 12 else ''})")
+
+
+def majority(labels: list[int]) -> int:
+    """The most frequent label, the smallest among a tie."""
+    counts = Counter(labels)
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def drawn_order(seed: int, file: str, count: int) -> np.ndarray:
+    """A permutation of ``count`` labels of one image, drawn from (seed, its file name)."""
+    digest = hashlib.blake2b(f"l2d-annotations\0{seed}\0{file}".encode("utf-8",
+                                                                      "surrogatepass"),
+                             digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little")).permutation(count)
+
+
+def import_annotations(options: ImportOptions) -> dict:
+    """Write the manifests (module docstring); return the summary it writes."""
+    check_options(options)
+    manifests = groundtruth_manifests(options)
+    if options.counts is not None:
+        annotations, columns = count_annotations(options), {"groundtruth": {}, "split": {}}
+    else:
+        annotations, columns = table_annotations(options)
+
+    # Ground truth and split of every image.
+    truth: dict[str, int] = {}
+    split_of: dict[str, str] = {}
+    for split, manifest in zip(SPLITS if len(manifests) == 2 else ("",), manifests):
+        for file, label in read_manifest(manifest):
+            truth[file] = label
+            if split:
+                split_of[file] = split
+    names = class_names(options, [a.label for a in annotations]
+                        + [value for value, _ in columns["groundtruth"].values()],
+                        max(truth.values()) + 1 if truth else None)
+    if truth and max(truth.values()) >= len(names):
+        raise L2DError(f"{manifests[0]}: label {max(truth.values())} is outside the "
+                       f"{len(names)} classes")
+    indices = [class_index(names, a.label, a.where) for a in annotations]
+    if manifests:
+        for annotation in annotations:
+            if annotation.file not in truth:
+                raise L2DError(f"{annotation.where}: unknown item {annotation.file!r}: not in "
+                               f"--groundtruth {options.groundtruth}")
+    else:
+        for annotation in annotations:
+            if not os.path.isfile(annotation.file):
+                raise L2DError(f"{annotation.where}: unknown item: no image "
+                               f"{annotation.file!r}")
+        # The images are the annotated ones, in sorted order.
+        if options.groundtruth_column:
+            truth = {file: class_index(names, value, where) for file, (value, where)
+                     in sorted(columns["groundtruth"].items())}
+        else:
+            votes: dict[str, list[int]] = {}
+            for annotation, index in zip(annotations, indices):
+                votes.setdefault(annotation.file, []).append(index)
+            truth = {file: majority(votes[file]) for file in sorted(votes)}
+
+    if options.split_column:
+        if split_of:
+            raise L2DError("--split-column: not with two --groundtruth manifests, which split "
+                           "the images already")
+        for file, (value, where) in columns["split"].items():
+            if value not in SPLITS:
+                raise L2DError(f"{where}: split {value!r}, expected train or test")
+            split_of[file] = value
+    elif options.test_fraction is not None:
+        if split_of:
+            raise L2DError("--test-fraction: not with two --groundtruth manifests, which split "
+                           "the images already")
+        files = sorted(truth)
+        per_class = [[f for f in files if truth[f] == c] for c in range(len(names))]
+        train, test = stratified_split([c for c in per_class if c], options.test_fraction,
+                                       options.seed)
+        split_of = {**dict.fromkeys(train.files, "train"), **dict.fromkeys(test.files, "test")}
+    elif not split_of:
+        raise L2DError("no split: give --split-column, two --groundtruth manifests (training "
+                       "and test) or --test-fraction")
+    missing_split = next((f for f in truth if f not in split_of), None)
+    if missing_split is not None:
+        raise L2DError(f"{os.path.basename(missing_split)!r}: in no split")
+
+    if options.counts is None:
+        check_one_label_each(annotations)
+    experts = expert_labels(options, annotations, indices)
+    return write_outputs(options, names, truth, split_of, experts)
+
+
+def check_one_label_each(annotations: list[Annotation]) -> None:
+    """L2DError naming the row where an annotator labels an image a second time."""
+    first_row: dict[tuple[str, str], str] = {}
+    for annotation in annotations:
+        key = (annotation.annotator, annotation.file)
+        if key in first_row:
+            raise L2DError(f"{annotation.where}: annotator {annotation.annotator!r} labels "
+                           f"{os.path.basename(annotation.file)!r} twice (first at "
+                           f"{first_row[key].rsplit(': ', 1)[-1]})")
+        first_row[key] = annotation.where
+
+
+def expert_labels(options: ImportOptions, annotations: list[Annotation],
+                  indices: list[int]) -> dict[str, dict[str, int]]:
+    """Expert name -> {file: class index} (step 5 of the module docstring)."""
+    if options.sample_annotators is not None:
+        by_file: dict[str, list[tuple[str, int]]] = {}
+        for annotation, index in zip(annotations, indices):
+            by_file.setdefault(annotation.file, []).append((annotation.annotator, index))
+        pooled = {f"pooled_{s + 1}": {} for s in range(options.sample_annotators)}
+        for file, labels in by_file.items():
+            labels.sort()
+            for s, drawn in enumerate(drawn_order(options.seed, os.path.basename(file),
+                                                  len(labels))[:options.sample_annotators]):
+                pooled[f"pooled_{s + 1}"][file] = labels[drawn][1]
+        return pooled
+    by_annotator: dict[str, dict[str, int]] = {}
+    for annotation, index in zip(annotations, indices):
+        by_annotator.setdefault(annotation.annotator, {})[annotation.file] = index
+    ranked = sorted(by_annotator, key=lambda name: (-len(by_annotator[name]), name))
+    kept = [name for name in ranked if len(by_annotator[name]) >= options.min_annotations]
+    if options.top_annotators is not None:
+        kept = kept[:options.top_annotators]
+    if not kept:
+        raise L2DError(f"no annotator has at least --min-annotations={options.min_annotations} "
+                       f"labels (the most has {len(by_annotator[ranked[0]])})")
+    return {name: by_annotator[name] for name in sorted(kept)}
+
+
+def file_names(experts: list[str]) -> dict[str, str]:
+    """Expert name -> the part of its manifests' names: safe characters only, distinct."""
+    safe = {name: _UNSAFE.sub("_", name) for name in experts}
+    seen: dict[str, str] = {}
+    for name, part in safe.items():
+        if part in seen or part == "groundtruth":
+            raise L2DError(f"annotators {seen.get(part, part)!r} and {name!r} would write the "
+                           f"same manifest train_{part}.json")
+        seen[part] = name
+    return safe
+
+
+def write_outputs(options: ImportOptions, names: list[str], truth: dict[str, int],
+                  split_of: dict[str, str], experts: dict[str, dict[str, int]]) -> dict:
+    output = Path(os.path.abspath(options.output))
+    files = {split: [f for f in truth if split_of[f] == split] for split in SPLITS}
+    for split in SPLITS:
+        if not files[split]:
+            raise L2DError(f"the {split} split has no image")
+    output.mkdir(parents=True, exist_ok=True)
+
+    def manifest(split: str, labels: dict[str, int | None]) -> str:
+        return "[\n" + ",\n".join(json.dumps({
+            "file": Path(os.path.relpath(file, output)).as_posix(), "label": labels.get(file)})
+            for file in files[split]) + "\n]\n"
+
+    parts = file_names(list(experts))
+    texts = {f"{split}_groundtruth.json": manifest(split, truth) for split in SPLITS}
+    for name, labels in experts.items():
+        for split in SPLITS:
+            texts[f"{split}_{parts[name]}.json"] = manifest(split, labels)
+    summary = summarise(options, names, truth, split_of, experts)
+    texts[CLASSES_FILE] = json.dumps(names) + "\n"
+    texts[SUMMARY_FILE] = json.dumps(summary, indent=2) + "\n"
+    write_all(output, texts)
+    return summary
+
+
+def summarise(options: ImportOptions, names: list[str], truth: dict[str, int],
+              split_of: dict[str, str], experts: dict[str, dict[str, int]]) -> dict:
+    """What was imported: per expert its labels, agreement with the ground truth and missing
+    share; the images by how many experts labelled them."""
+    per_image = Counter(sum(file in labels for labels in experts.values()) for file in truth)
+    groundtruth = (f"column {options.groundtruth_column}" if options.groundtruth_column
+                   else MAJORITY_RULE if options.groundtruth == MAJORITY
+                   else f"manifests {options.groundtruth}")
+    return {
+        "classes": len(names),
+        "images": {split: sum(1 for s in split_of.values() if s == split) for split in SPLITS},
+        "groundtruth": groundtruth,
+        "experts": [{
+            "name": name,
+            "labels": len(labels),
+            **{f"{split}_labels": sum(split_of[f] == split for f in labels) for split in SPLITS},
+            "agreement": sum(truth[f] == label for f, label in labels.items()) / len(labels),
+            "missing": 1 - len(labels) / len(truth),
+        } for name, labels in experts.items()],
+        "images_by_number_of_labels": {str(n): per_image[n] for n in sorted(per_image)},
+    }
