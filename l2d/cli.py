@@ -320,9 +320,16 @@ def build_annotations_parser() -> argparse.ArgumentParser:
     columns.add_argument("--annotator-column", default="annotator", help="(default: annotator)")
     columns.add_argument("--label-column", default="label",
                          help="a class index or name (default: label)")
+    columns.add_argument("--label-columns", type=comma_list, metavar="A,B,C",
+                         help="a wide table instead: one label column per annotator, named by "
+                              "its column (e.g. Chaoyang's label_A,label_B,label_C)")
+    columns.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                         help="keep only the rows where COLUMN has VALUE (or, COLUMN!=VALUE, "
+                              "has another); repeatable")
     columns.add_argument("--file-pattern", metavar="PATTERN",
-                         help="the image file of an item id, e.g. '{id:05d}.png' or "
-                              "'{id}.jpg' (default: the item is the file)")
+                         help="the image file of an item id {id} and the row's columns, e.g. "
+                              "'{id:05d}.png' or 'phase_noise_{noise_level:03d}/{id}.png' "
+                              "(default: the item is the file)")
     columns.add_argument("--images-root", type=Path, metavar="DIR",
                          help="folder the image files are relative to (default: the table's)")
     columns.add_argument("--counts", type=Path, metavar="FILE.npy",
@@ -341,7 +348,11 @@ def build_annotations_parser() -> argparse.ArgumentParser:
                        help="existing ground-truth manifests (two: they split the images), "
                             "or 'majority': each image's most frequent label, the smallest "
                             "class index among a tie")
-    truth.add_argument("--split-column", metavar="COLUMN", help="values train or test")
+    truth.add_argument("--split-column", metavar="COLUMN",
+                       help="the split of each row's image, one of --split-values")
+    truth.add_argument("--split-values", type=comma_list, default=("train", "test"),
+                       metavar="TRAIN,TEST", help="the --split-column values of the training "
+                       "and the test split (default: train,test)")
     truth.add_argument("--test-fraction", type=float, metavar="F",
                        help="a stratified, seeded split with this test share per class")
     experts = parser.add_argument_group("experts")
@@ -361,7 +372,7 @@ def build_annotations_parser() -> argparse.ArgumentParser:
 def run_annotations_command(args: dict) -> None:
     from l2d.data.import_annotations import SUMMARY_FILE, ImportOptions, import_annotations
 
-    summary = import_annotations(ImportOptions(**args))
+    summary = import_annotations(ImportOptions(**{**args, "where": tuple(args["where"])}))
     images = summary["images"]
     experts = summary["experts"]
     print(f"{len(experts)} experts, {summary['classes']} classes, {images['train']} training "
@@ -372,6 +383,9 @@ def run_annotations_command(args: dict) -> None:
               f"{expert['agreement']:.3f} with the ground truth, missing {expert['missing']:.1%}")
     if len(experts) > len(shown):
         print(f"  ... and {len(experts) - len(shown)} more (the most prolific shown)")
+    if summary["rows_left_out"] or summary["labels_empty"]:
+        print(f"{summary['rows_left_out']} rows left out by --where, {summary['labels_empty']} "
+              "empty labels skipped")
     print("images by number of labels: " + ", ".join(
         f"{n}: {count}" for n, count in summary["images_by_number_of_labels"].items()))
     print(args["output"] / SUMMARY_FILE)

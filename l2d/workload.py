@@ -94,22 +94,26 @@ def assign_with_bounds(log_scores: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     with every option's count within ``count_bounds``. ``available`` ``[N, K + 1]`` (optional)
     rules options out per input. L2DError when no assignment meets the bounds."""
     from scipy.optimize import linprog
-    from scipy.sparse import csr_array, eye_array, kron
+    from scipy.sparse import csr_array, vstack
 
     num_inputs, options = log_scores.shape
     available = np.ones_like(log_scores, bool) if available is None else available
     low, high = count_bounds(np.asarray(lo, np.float64), np.asarray(hi, np.float64), num_inputs)
-    # Variable i * options + k is the share of input i given to option k.
-    each_input_once = kron(eye_array(num_inputs), csr_array(np.ones((1, options))))
-    per_option = kron(csr_array(np.ones((1, num_inputs))), eye_array(options))
-    cost = -np.where(available, log_scores, 0.0).astype(np.float64).ravel()
+    # One variable per available (input, option): the share of the input that option takes.
+    # With most annotations missing (a crowd) that is a few per input, not K + 1.
+    inputs, chosen_options = np.nonzero(available)
+    variables = np.arange(inputs.size)
+    ones = np.ones(inputs.size)
+    each_input_once = csr_array((ones, (inputs, variables)), shape=(num_inputs, inputs.size))
+    per_option = csr_array((ones, (chosen_options, variables)), shape=(options, inputs.size))
     result = linprog(
-        cost, A_ub=kron(csr_array(np.array([[1.0], [-1.0]])), per_option),
-        b_ub=np.concatenate([high, -low]), A_eq=each_input_once, b_eq=np.ones(num_inputs),
-        bounds=np.stack([np.zeros(cost.size), available.ravel().astype(np.float64)], axis=1),
-        method="highs-ds")
+        -np.asarray(log_scores, np.float64)[inputs, chosen_options],
+        A_ub=vstack([per_option, -per_option]), b_ub=np.concatenate([high, -low]),
+        A_eq=each_input_once, b_eq=np.ones(num_inputs), bounds=(0, 1), method="highs-ds")
     if result.status != 0:
         raise L2DError(f"the {num_inputs} inputs cannot meet the workload bounds "
                        f"(counts between {low.tolist()} and {high.tolist()} per option, with "
                        f"the annotations present): {result.message}")
-    return np.argmax(result.x.reshape(num_inputs, options), axis=1)
+    shares = np.full((num_inputs, options), -1.0)
+    shares[inputs, chosen_options] = result.x
+    return np.argmax(shares, axis=1)

@@ -41,14 +41,16 @@ def test_a_csv_of_ids_with_a_truth_column_and_a_stratified_split(tmp_path):
     # CIFAR-10H's raw table: annotator, image index, chosen class index, true class index.
     images(tmp_path / "images", 6)
     truth = [0, 1, 2, 0, 1, 2]
-    rows = [[a, i, (truth[i] + (a == "w2" and i == 0)) % 3, truth[i]]
-            for a in ("w1", "w2") for i in range(6)]
-    table = write_csv(tmp_path / "raw.csv", ["annotator_id", "image_idx", "chosen_label",
-                                             "true_label"], rows)
+    rows = [[a, i, (truth[i] + (a == "w2" and i == 0)) % 3, truth[i], 0]
+            for a in ("w1", "w2") for i in range(6)] + [["w1", -99999, 1, 0, 1]]
+    table = write_csv(tmp_path / "raw.csv", ["annotator_id", "cifar10_test_test_idx",
+                                             "chosen_label", "true_label", "is_attn_check"], rows)
     summary = import_annotations(ImportOptions(
-        tmp_path / "out", table, item_column="image_idx", annotator_column="annotator_id",
-        label_column="chosen_label", file_pattern="{id:05d}.png",
-        images_root=tmp_path / "images", groundtruth_column="true_label", test_fraction=0.5))
+        tmp_path / "out", table, item_column="cifar10_test_test_idx",
+        annotator_column="annotator_id", label_column="chosen_label",
+        file_pattern="{id:05d}.png", images_root=tmp_path / "images",
+        groundtruth_column="true_label", test_fraction=0.5, where=("is_attn_check=0",)))
+    assert summary["rows_left_out"] == 1
     out = tmp_path / "out"
     assert summary["images"] == {"train": 3, "test": 3}
     train, test = load(out / "train_groundtruth.json"), load(out / "test_groundtruth.json")
@@ -67,19 +69,26 @@ def test_a_csv_of_ids_with_a_truth_column_and_a_stratified_split(tmp_path):
 
 def test_json_lines_of_class_names_against_ground_truth_manifests_with_their_classes(tmp_path):
     # ImageNet-16H: participant, image name, the class name chosen; ground truth as manifests.
-    names = images(tmp_path / "images", 4)
+    names = images(tmp_path / "images" / "phase_noise_080", 4)
     for split, files in (("train", names[:3]), ("test", names[3:])):
         (tmp_path / f"{split}_gt.json").write_text(json.dumps(
-            [{"file": f"images/{name}", "label": int(name[4]) % 3} for name in files]))
+            [{"file": f"images/phase_noise_080/{name}", "label": int(name[4]) % 3}
+             for name in files]))
     (tmp_path / "classes.json").write_text(json.dumps(CLASSES))
-    rows = [{"participant_id": 7, "image_name": "00000.png", "participant_classification": "cat"},
-            {"participant_id": 7, "image_name": "00003.png", "participant_classification": "owl"},
-            {"participant_id": 9, "image_name": "00001.png", "participant_classification": "dog"}]
+    rows = [{"participant_id": 7, "image_name": "00000", "noise_level": 80,
+             "participant_classification": "cat"},
+            {"participant_id": 7, "image_name": "00003", "noise_level": 80,
+             "participant_classification": "owl"},
+            {"participant_id": 9, "image_name": "00001", "noise_level": 80,
+             "participant_classification": "dog"},
+            {"participant_id": 9, "image_name": "00001", "noise_level": 125,
+             "participant_classification": "dog"}]
     table = tmp_path / "h.jsonl"
     table.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     summary = import_annotations(ImportOptions(
         tmp_path / "out", table, item_column="image_name", annotator_column="participant_id",
         label_column="participant_classification", images_root=tmp_path / "images",
+        file_pattern="phase_noise_{noise_level:03d}/{id}.png", where=("noise_level=80",),
         groundtruth=f"{tmp_path / 'train_gt.json'},{tmp_path / 'test_gt.json'}"))
     out = tmp_path / "out"
     assert load(out / "classes.json") == CLASSES
@@ -91,18 +100,23 @@ def test_json_lines_of_class_names_against_ground_truth_manifests_with_their_cla
     assert summary["images_by_number_of_labels"] == {"0": 1, "1": 3}
 
 
-def test_a_json_mapping_of_annotators_with_majority_ground_truth(tmp_path):
-    # MiceBone: {annotator: {image: class name}}; the majority is the ground truth.
+def test_json_annotation_sets_with_majority_ground_truth(tmp_path):
+    # MiceBone: a list of annotation sets, each a list of (image, class name); null: none.
     images(tmp_path, 4)
-    mapping = {"a": {"00000.png": "dog", "00001.png": "owl", "00002.png": "cat",
-                     "00003.png": "dog"},
-               "b": {"00000.png": "dog", "00001.png": "cat", "00003.png": "owl"},
-               "c": {"00000.png": "cat", "00001.png": "owl", "00003.png": "cat"}}
+    labels = {"a": {"00000.png": "dog", "00001.png": "owl", "00002.png": "cat",
+                    "00003.png": "dog"},
+              "b": {"00000.png": "dog", "00001.png": "cat", "00003.png": "owl", "00002.png": None},
+              "c": {"00000.png": "cat", "00001.png": "owl", "00003.png": "cat"}}
+    sets = [{"name": name, "user_mail": "INVALID", "annotations": [
+        {"image_path": image, "class_label": label, "created_at": "01-01-2020-00-00-00"}
+        for image, label in labelled.items()]} for name, labelled in labels.items()]
     table = tmp_path / "annotations.json"
-    table.write_text(json.dumps(mapping))
+    table.write_text(json.dumps(sets))
     summary = import_annotations(ImportOptions(
-        tmp_path / "out", table, item_column="image", groundtruth="majority",
-        classes=_classes(tmp_path), test_fraction=0.5))
+        tmp_path / "out", table, item_column="image_path", annotator_column="name",
+        label_column="class_label", groundtruth="majority", classes=_classes(tmp_path),
+        test_fraction=0.5))
+    assert summary["labels_empty"] == 1
     truth = {e["file"]: e["label"] for split in ("train", "test")
              for e in load(tmp_path / "out" / f"{split}_groundtruth.json")}
     # 00003.png: one vote each for dog, owl and cat: the tie goes to cat (0).
@@ -153,25 +167,43 @@ def test_vote_counts_sampled_one_annotator_per_image(tmp_path):
 def test_a_yes_no_finding_per_reader_and_the_most_prolific_readers(tmp_path):
     # NIH ChestX-ray14 readers: Reader ID, Image ID, a finding YES/NO, a split column.
     images(tmp_path, 4)
-    rows = ([["r1", f"{i:05d}.png", "YES" if i % 2 else "NO", "train" if i < 3 else "test"]
+    rows = ([["r1", f"{i:05d}.png", "YES" if i % 2 else "NO", "val" if i < 3 else "test"]
              for i in range(4)]
-            + [["r2", f"{i:05d}.png", "NO", "train" if i < 3 else "test"] for i in range(3)]
-            + [["r3", "00000.png", "NO", "train"]])
+            + [["r2", f"{i:05d}.png", "NO", "val" if i < 3 else "test"] for i in range(3)]
+            + [["r3", "00000.png", "NO", "val"], ["r3", "00001.png", "HEDGE", "val"]])
     table = write_csv(tmp_path / "individual_readers.csv",
-                      ["Reader ID", "Image ID", "Fracture", "split"], rows)
+                      ["Reader ID", "Image ID", "Fracture", "Set ID"], rows)
     (tmp_path / "findings.json").write_text(json.dumps(["NO", "YES"]))
-    summary = import_annotations(ImportOptions(
-        tmp_path / "out", table, item_column="Image ID", annotator_column="Reader ID",
-        label_column="Fracture", classes=tmp_path / "findings.json", groundtruth="majority",
-        split_column="split", top_annotators=2))
+    nih = dict(item_column="Image ID", annotator_column="Reader ID", label_column="Fracture",
+               classes=tmp_path / "findings.json", groundtruth="majority",
+               split_column="Set ID", split_values=("val", "test"), where=("Fracture!=HEDGE",))
+    summary = import_annotations(ImportOptions(tmp_path / "out", table, top_annotators=2, **nih))
+    assert summary["images"] == {"train": 3, "test": 1}
     assert [e["name"] for e in summary["experts"]] == ["r1", "r2"]
     assert labels_of(tmp_path / "out" / "test_r2.json") == [None]
     assert not (tmp_path / "out" / "train_r3.json").exists()
-    summary = import_annotations(ImportOptions(
-        tmp_path / "out2", table, item_column="Image ID", annotator_column="Reader ID",
-        label_column="Fracture", classes=tmp_path / "findings.json", groundtruth="majority",
-        split_column="split", min_annotations=3))
+    summary = import_annotations(ImportOptions(tmp_path / "out2", table, min_annotations=3,
+                                               **nih))
     assert [e["name"] for e in summary["experts"]] == ["r1", "r2"]
+    raises_one_line(lambda: import_annotations(ImportOptions(
+        tmp_path / "out3", table, **{**nih, "where": ()})), "row 9", "unknown class 'HEDGE'")
+
+
+def test_a_wide_table_with_one_label_column_per_pathologist(tmp_path):
+    # Chaoyang's train_label.json: name, label and one label per pathologist.
+    images(tmp_path / "train", 4)
+    entries = [{"name": f"train/{i:05d}.png", "label": i % 2, "label_A": i % 2,
+                "label_B": 1, "label_C": i % 2} for i in range(4)]
+    table = tmp_path / "train_label.json"
+    table.write_text(json.dumps(entries))
+    summary = import_annotations(ImportOptions(
+        tmp_path / "out", table, item_column="name",
+        label_columns=("label_A", "label_B", "label_C"), groundtruth_column="label",
+        test_fraction=0.5))
+    experts = {e["name"]: e for e in summary["experts"]}
+    assert list(experts) == ["label_A", "label_B", "label_C"]
+    assert experts["label_A"]["agreement"] == 1 and experts["label_B"]["agreement"] == 0.5
+    assert summary["images"] == {"train": 2, "test": 2}
 
 
 def bad_table(tmp_path, rows, **options):
@@ -195,8 +227,12 @@ def bad_table(tmp_path, rows, **options):
      ["t.csv: row 2", "split 'val'"]),
     ([["00000.png", "a", "cat", "train"], ["00000.png", "b", "cat", "test"]], {},
      ["t.csv: row 2", "column 'split' gives 'test'", "row 1 gave 'train'"]),
-    ([["00000.png", "a", "cat", "train"], ["00001.png", "a", "", "test"]], {},
-     ["t.csv: row 2", "no value in column 'label'"]),
+    ([["00000.png", "a", "cat", "train"], ["", "a", "dog", "test"]], {},
+     ["t.csv: row 2", "no value in column 'file'"]),
+    ([["00000.png", "a", "cat", "train"]], {"where": ("kind=x",)},
+     ["--where=kind=x", "no column 'kind'"]),
+    ([["00000.png", "a", "cat", "train"]], {"where": ("annotator=b",)},
+     ["no annotation is left after --where"]),
     ([["00000.png", "a", "cat", "train"]], {}, ["the test split has no image"]),
 ])
 def test_bad_input_is_one_line_naming_the_row_and_writes_nothing(tmp_path, rows, options,

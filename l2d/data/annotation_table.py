@@ -1,9 +1,12 @@
 """Reading an annotation table: one annotation per row, as the field's datasets publish them.
 
 A table is CSV (``.csv``, ``.tsv``), JSON lines (``.jsonl``) or JSON (``.json``): a list of row
-objects, or a mapping ``{annotator: {item: label}}`` or ``{annotator: [row, ...]}`` (as
-MiceBone's ``annotations.json``), read as rows with the annotator, item and label in the columns
-``--annotator-column``, ``--item-column`` and ``--label-column`` name.
+objects, or a mapping ``{annotator: {item: label}}`` or ``{annotator: [row, ...]}``, read as
+rows with the annotator, item and label in the columns ``--annotator-column``,
+``--item-column`` and ``--label-column`` name. A JSON row whose value is a list of objects
+(MiceBone's annotation sets: ``{"name": ..., "annotations": [{"image_path": ...,
+"class_label": ...}, ...]}``) stands for one row per object, each with the outer row's other
+values.
 Every value is kept as text, so a class is given by its index or by its name alike. Rows are
 numbered from 1, in file order, as the errors name them.
 """
@@ -108,9 +111,15 @@ def json_rows(path: Path, data, columns: Columns) -> list[Row]:
     else:
         raise L2DError(f"{path}: expected a list of rows or an object of annotators")
     rows = []
-    for number, row in enumerate(objects, 1):
+    for row in objects:
         if not isinstance(row, dict):
-            raise L2DError(f"{path}: row {number}: expected a JSON object, got "
+            raise L2DError(f"{path}: row {len(rows) + 1}: expected a JSON object, got "
                            f"{type(row).__name__}")
-        rows.append(Row(number, {key: as_text(value) for key, value in row.items()}))
+        nested = [key for key, value in row.items() if isinstance(value, list)
+                  and value and all(isinstance(inner, dict) for inner in value)]
+        outer = {key: value for key, value in row.items() if key not in nested}
+        for inner in ([{**outer, **inner} for key in nested for inner in row[key]]
+                      if nested else [row]):
+            rows.append(Row(len(rows) + 1, {key: as_text(value) for key, value in inner.items()
+                                            if not isinstance(value, list | dict)}))
     return rows

@@ -4,17 +4,22 @@
 The steps, each with its own flags:
 
 1. **Annotations**: one (item, annotator, label) per row of the table
-   (``l2d.data.annotation_table``); the item is an image path, or an id made a path by
-   ``--file-pattern``, under ``--images-root`` (default: the table's folder). Or, from
-   ``--counts``, an N x C matrix of votes whose rows follow the manifest ``--order``.
+   (``l2d.data.annotation_table``) that passes every ``--where`` (``COLUMN=VALUE`` or
+   ``COLUMN!=VALUE``), or, in a wide table, one per ``--label-columns`` column (the annotator
+   is the column's name). A row without a label is no annotation (counted in the summary). The
+   item is an image path, or made one by ``--file-pattern`` from the item (``{id}``) and the
+   row's other columns (``{noise_level:03d}``), under ``--images-root`` (default: the table's
+   folder). Or, from ``--counts``, an N x C matrix of votes whose rows follow the manifest
+   ``--order``.
 2. **Classes**: ``--classes`` (a JSON list of names), else ``classes.json`` beside a
    ground-truth manifest, else the labels themselves: all integers are indices, otherwise the
    sorted names (numerically if every name is an integer).
 3. **Ground truth**: a column (``--groundtruth-column``), existing manifests (``--groundtruth
    TRAIN.json[,TEST.json]``), or ``--groundtruth majority``: each image's most frequent label,
    the smallest class index among a tie.
-4. **Split**: a column of ``train``/``test`` (``--split-column``), the two ground-truth
-   manifests, or ``--test-fraction`` (stratified by class, seeded by ``--seed``).
+4. **Split**: a column (``--split-column``) whose values ``--split-values`` names (default
+   ``train,test``), the two ground-truth manifests, or ``--test-fraction`` (stratified by
+   class, seeded by ``--seed``).
 5. **Experts**: every annotator with at least ``--min-annotations`` labels, the
    ``--top-annotators`` most prolific (ties by name), or ``--sample-annotators S`` pooled
    experts: expert s gives each image the s-th of its labels in an order drawn for that image
@@ -36,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2d.data.annotation_table import Columns, read_table
+from l2d.data.annotation_table import Columns, Row, read_table
 from l2d.data.manifest import read_manifest
 from l2d.data.prepare import CLASSES_FILE, sort_class_names, stratified_split, write_all
 from l2d.errors import L2DError
@@ -58,6 +63,8 @@ class ImportOptions:
     item_column: str = "file"
     annotator_column: str = "annotator"
     label_column: str = "label"
+    label_columns: tuple[str, ...] | None = None
+    where: tuple[str, ...] = ()
     file_pattern: str | None = None
     images_root: Path | None = None
     counts: Path | None = None
@@ -66,6 +73,7 @@ class ImportOptions:
     groundtruth_column: str | None = None
     groundtruth: str | None = None
     split_column: str | None = None
+    split_values: tuple[str, ...] = SPLITS
     test_fraction: float | None = None
     min_annotations: int = 1
     top_annotators: int | None = None
@@ -118,31 +126,72 @@ def groundtruth_manifests(options: ImportOptions) -> list[Path]:
     return manifests
 
 
-def item_file(options: ImportOptions, where: str, item: str) -> str:
+class Cell(str):
+    """A table cell in ``--file-pattern``: as written (``{id}`` keeps ``00042``), or as an
+    integer under an integer format (``{id:05d}``)."""
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in "bdoxXn":
+            return format(int(self), spec)
+        return super().__format__(spec)
+
+
+def item_file(options: ImportOptions, where: str, item: str, row: Row) -> str:
     """The absolute image path of a table's item."""
     if options.file_pattern:
+        columns = {key: Cell(value) for key, value in row.values.items()
+                   if key.isidentifier() and value is not None}
         try:
-            name = options.file_pattern.format(id=int(item) if item.isdigit() else item)
+            name = options.file_pattern.format(**{**columns, "id": Cell(item)})
         except (ValueError, KeyError, IndexError) as error:
             raise L2DError(f"{where}: --file-pattern={options.file_pattern} cannot format item "
-                           f"{item!r}: {error}") from None
+                           f"{item!r}: {type(error).__name__} {error}") from None
     else:
         name = item
     root = options.images_root or options.table.parent
     return os.path.normpath(os.path.join(os.path.abspath(root), name))
 
 
+def row_filter(options: ImportOptions, rows: list[Row]):
+    """``keep(row)`` of the ``--where`` conditions; L2DError for one that names no column."""
+    conditions = []
+    for condition in options.where:
+        column, equal, value = condition.partition("!=")
+        if not equal:
+            column, equal, value = condition.partition("=")
+        if not equal or not column:
+            raise L2DError(f"--where={condition}: expected COLUMN=VALUE or COLUMN!=VALUE")
+        if not any(column in row.values for row in rows):
+            raise L2DError(f"--where={condition}: {options.table} has no column {column!r}")
+        conditions.append((column, equal == "=", value))
+    return lambda row: all((row.values.get(column) == value) == wanted
+                           for column, wanted, value in conditions)
+
+
 def table_annotations(options: ImportOptions) -> tuple[list[Annotation], dict]:
-    """The table's annotations, and its rows' ground truth and split columns by file."""
+    """The table's annotations, its rows' ground truth and split columns by file, and how many
+    rows ``--where`` left out and how many had no label."""
     rows = read_table(options.table, Columns(options.item_column, options.annotator_column,
                                              options.label_column))
-    annotations, columns = [], {"groundtruth": {}, "split": {}}
+    keep = row_filter(options, rows)
+    annotations = []
+    columns = {"groundtruth": {}, "split": {}, "left_out": 0, "without_label": 0}
     for row in rows:
+        if not keep(row):
+            columns["left_out"] += 1
+            continue
         where = f"{options.table}: row {row.number}"
-        file = item_file(options, where, row.get(options.table, options.item_column))
-        annotations.append(Annotation(where, file, row.get(options.table,
-                                                           options.annotator_column),
-                                      row.get(options.table, options.label_column)))
+        file = item_file(options, where, row.get(options.table, options.item_column), row)
+        if options.label_columns:
+            labelled = [(column, row.values.get(column)) for column in options.label_columns]
+        else:
+            labelled = [(row.get(options.table, options.annotator_column),
+                         row.values.get(options.label_column))]
+        for annotator, label in labelled:
+            if label in (None, ""):
+                columns["without_label"] += 1
+            else:
+                annotations.append(Annotation(where, file, annotator, label))
         for key, column in (("groundtruth", options.groundtruth_column),
                             ("split", options.split_column)):
             if column:
@@ -224,9 +273,13 @@ def import_annotations(options: ImportOptions) -> dict:
     check_options(options)
     manifests = groundtruth_manifests(options)
     if options.counts is not None:
-        annotations, columns = count_annotations(options), {"groundtruth": {}, "split": {}}
+        annotations = count_annotations(options)
+        columns = {"groundtruth": {}, "split": {}, "left_out": 0, "without_label": 0}
     else:
         annotations, columns = table_annotations(options)
+        if not annotations:
+            raise L2DError(f"{options.table}: no annotation is left"
+                           + (" after --where" if options.where else ""))
 
     # Ground truth and split of every image.
     truth: dict[str, int] = {}
@@ -267,10 +320,15 @@ def import_annotations(options: ImportOptions) -> dict:
         if split_of:
             raise L2DError("--split-column: not with two --groundtruth manifests, which split "
                            "the images already")
+        if len(options.split_values) != 2:
+            raise L2DError(f"--split-values={','.join(options.split_values)}: expected two "
+                           "values, TRAIN,TEST")
+        meaning = dict(zip(options.split_values, SPLITS))
         for file, (value, where) in columns["split"].items():
-            if value not in SPLITS:
-                raise L2DError(f"{where}: split {value!r}, expected train or test")
-            split_of[file] = value
+            if value not in meaning:
+                raise L2DError(f"{where}: split {value!r}, expected "
+                               f"{' or '.join(options.split_values)} (--split-values)")
+            split_of[file] = meaning[value]
     elif options.test_fraction is not None:
         if split_of:
             raise L2DError("--test-fraction: not with two --groundtruth manifests, which split "
@@ -290,7 +348,8 @@ def import_annotations(options: ImportOptions) -> dict:
     if options.counts is None:
         check_one_label_each(annotations)
     experts = expert_labels(options, annotations, indices)
-    return write_outputs(options, names, truth, split_of, experts)
+    rows = {"rows_left_out": columns["left_out"], "labels_empty": columns["without_label"]}
+    return write_outputs(options, names, truth, split_of, experts, rows)
 
 
 def check_one_label_each(annotations: list[Annotation]) -> None:
@@ -345,7 +404,8 @@ def file_names(experts: list[str]) -> dict[str, str]:
 
 
 def write_outputs(options: ImportOptions, names: list[str], truth: dict[str, int],
-                  split_of: dict[str, str], experts: dict[str, dict[str, int]]) -> dict:
+                  split_of: dict[str, str], experts: dict[str, dict[str, int]],
+                  rows: dict[str, int]) -> dict:
     output = Path(os.path.abspath(options.output))
     files = {split: [f for f in truth if split_of[f] == split] for split in SPLITS}
     for split in SPLITS:
@@ -363,7 +423,7 @@ def write_outputs(options: ImportOptions, names: list[str], truth: dict[str, int
     for name, labels in experts.items():
         for split in SPLITS:
             texts[f"{split}_{parts[name]}.json"] = manifest(split, labels)
-    summary = summarise(options, names, truth, split_of, experts)
+    summary = {**summarise(options, names, truth, split_of, experts), **rows}
     texts[CLASSES_FILE] = json.dumps(names) + "\n"
     texts[SUMMARY_FILE] = json.dumps(summary, indent=2) + "\n"
     write_all(output, texts)
