@@ -125,7 +125,8 @@ def table(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cifar10", required=True,
-                        help="CIFAR-10 as an image folder or .tar.gz (train/<class>/, test/<class>/)")
+                        help="CIFAR-10 as an image folder or .tar.gz (train/<class>/, "
+                             "test/<class>/)")
     parser.add_argument("--work", type=Path, required=True,
                         help="folder of the manifests, the MLflow store, runs.jsonl, table.md")
     parser.add_argument("--train-per-class", type=int, default=1000,

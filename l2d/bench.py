@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from l2d.annotations import MISSING
 from l2d.config import TrainConfig
 from l2d.methods import METHODS, em, make_method
 from l2d.methods.base import Method, Problem
@@ -67,6 +68,7 @@ RATIOS = {
 }
 
 NUM_CLASSES = 10
+# K, unless --experts asks for others.
 NUM_EXPERTS = 2
 CHANNELS = 3
 # Fixed normalisation statistics (l2d computes them from the training set; speed is the same).
@@ -177,16 +179,17 @@ def selective_limit_loss(networks, inputs, batch, targets) -> jax.Array:
     return classifier_loss_of(networks, inputs, targets)
 
 
-# Each method's limit: its loss against fixed soft targets, and the number of targets per input.
-LIMITS: dict[str, tuple[Callable, int]] = {
-    "em": (em_limit_loss, NUM_EXPERTS + 1),
-    "softmax": (soft_target_loss, NUM_CLASSES + NUM_EXPERTS),
-    "ova": (logistic_target_loss, NUM_CLASSES + NUM_EXPERTS),
-    "rs": (soft_target_loss, NUM_CLASSES + NUM_EXPERTS),
-    "asm": (classes_and_logistic_experts_loss, NUM_CLASSES + NUM_EXPERTS),
-    "confidence": (confidence_limit_loss, NUM_CLASSES + NUM_EXPERTS),
-    "two_stage": (two_stage_limit_loss, NUM_CLASSES + NUM_EXPERTS + 1),
-    "selective": (selective_limit_loss, NUM_CLASSES),
+# Each method's limit: its loss against fixed soft targets, and the number of targets per input
+# for K experts.
+LIMITS: dict[str, tuple[Callable, Callable[[int], int]]] = {
+    "em": (em_limit_loss, lambda k: k + 1),
+    "softmax": (soft_target_loss, lambda k: NUM_CLASSES + k),
+    "ova": (logistic_target_loss, lambda k: NUM_CLASSES + k),
+    "rs": (soft_target_loss, lambda k: NUM_CLASSES + k),
+    "asm": (classes_and_logistic_experts_loss, lambda k: NUM_CLASSES + k),
+    "confidence": (confidence_limit_loss, lambda k: NUM_CLASSES + k),
+    "two_stage": (two_stage_limit_loss, lambda k: NUM_CLASSES + k + 1),
+    "selective": (selective_limit_loss, lambda k: NUM_CLASSES),
 }
 
 
@@ -260,16 +263,19 @@ def make_unfused_step(
     return step
 
 
-def random_inputs(seed: int, *, batch_size: int, image_size: int,
-                  num_targets: int) -> tuple[dict, Any]:
-    """A uint8 image batch with labels and expert labels, and fixed soft targets
-    ``[B, num_targets]``."""
+def random_inputs(seed: int, *, batch_size: int, image_size: int, num_targets: int,
+                  num_experts: int = NUM_EXPERTS, missing_share: float = 0.0
+                  ) -> tuple[dict, Any]:
+    """A uint8 image batch with labels and expert labels (``MISSING`` for a random
+    ``missing_share`` of them), and fixed soft targets ``[B, num_targets]``."""
     rng = np.random.default_rng(seed)
+    expert_labels = rng.integers(0, NUM_CLASSES, (batch_size, num_experts))
+    expert_labels[rng.random(expert_labels.shape) < missing_share] = MISSING
     batch = {
         "image": rng.integers(0, 256, (batch_size, image_size, image_size, CHANNELS),
                               dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
-        "expert_labels": rng.integers(0, NUM_CLASSES, (batch_size, NUM_EXPERTS)).astype(np.int32),
+        "expert_labels": expert_labels.astype(np.int32),
     }
     logits = rng.normal(size=(batch_size, num_targets))
     targets = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -295,9 +301,11 @@ class Setup:
 
 def build(method_name: str, models: Models, *, batch_size: int, seed: int,
           image_size: int = 32, forward_mode: str = "eval",
-          training: dict[str, Any] | None = None) -> Setup:
-    """The variants of ``method_name`` on ``models`` for square images of ``image_size``,
-    trained with the options ``training`` (e.g. the optimizer) of l2d train.
+          training: dict[str, Any] | None = None, num_experts: int = NUM_EXPERTS,
+          missing: bool = False) -> Setup:
+    """The variants of ``method_name`` on ``models`` for square images of ``image_size`` and
+    ``num_experts`` experts (whose annotations may be ``missing``), trained with the options
+    ``training`` (e.g. the optimizer) of l2d train.
 
     ``l2d_step`` is what ``l2d train`` runs for this configuration; EM's ``unfused`` updates
     through the same jitted function as its ``limit``.
@@ -305,10 +313,10 @@ def build(method_name: str, models: Models, *, batch_size: int, seed: int,
     # Augmentation off; EM's E-step exact (its default).
     config = TrainConfig.from_dict({"method": method_name, **models.of(method_name),
                                     **(training or {}), "batch_size": batch_size, "seed": seed,
-                                    "augment": False})
+                                    "augment": False, "allow_missing_annotations": missing})
     method = make_method(method_name, config.method_options,
                          Problem(image_shape=(image_size, image_size, CHANNELS),
-                                 num_classes=NUM_CLASSES, num_experts=NUM_EXPERTS))
+                                 num_classes=NUM_CLASSES, num_experts=num_experts))
     graphdef, state = build_state(method, config.training, total_steps=10_000)
     mean, std = channel_statistics(CHANNEL_MEAN, CHANNEL_STD)
     # l2d's data-parallel training keeps the state replicated over a 1-D mesh of its devices;
@@ -339,17 +347,20 @@ def compilations(steps: dict[str, Callable]) -> int:
 def benchmark(
     name: str, method_name: str, models: Models, *, batch_size: int = 128, image_size: int = 32,
     repeats: int = 10, warmup: int = 2, seed: int = 0, forward_mode: str = "eval",
-    training: dict[str, Any] | None = None, log: Callable[[str], None] = lambda message: None,
+    training: dict[str, Any] | None = None, num_experts: int = NUM_EXPERTS,
+    missing_share: float = 0.0, log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Time the variants of one method on one configuration; return its JSON-ready record."""
     if repeats < 1 or warmup < 1:
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     setup = build(method_name, models, batch_size=batch_size, seed=seed,
-                  image_size=image_size, forward_mode=forward_mode, training=training)
+                  image_size=image_size, forward_mode=forward_mode, training=training,
+                  num_experts=num_experts, missing=missing_share > 0)
     steps, placement = setup.steps, setup.placement
     batch, targets = jax.device_put(
         random_inputs(seed, batch_size=batch_size, image_size=image_size,
-                      num_targets=LIMITS[method_name][1]), placement)
+                      num_targets=LIMITS[method_name][1](num_experts), num_experts=num_experts,
+                      missing_share=missing_share), placement)
     # Unused with augmentation off and no sampling, but passed as l2d train passes it.
     global_step = jax.device_put(jnp.asarray(0, jnp.int32), placement)
 
@@ -381,7 +392,7 @@ def benchmark(
         jax.block_until_ready(outputs)
         return time.perf_counter() - start
 
-    label = f"{name} {method_name}"
+    label = f"{name} {method_name} K={num_experts}"
     log(f"{label}: compiling and warming up ({warmup} call(s) per variant)")
     for _ in range(warmup):
         for variant in steps:
@@ -418,7 +429,12 @@ def benchmark(
         "optimizer": setup.optimizer,
         "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
         "num_classes": NUM_CLASSES,
-        "num_experts": NUM_EXPERTS,
+        "num_experts": num_experts,
+        "missing_share": missing_share,
+        # XLA's buffers for one l2d_step (arguments: state and batch; temporaries: activations
+        # and gradients), as its compiler plans them for this device.
+        "l2d_step_memory": step_memory(steps["l2d_step"], *carried["l2d_step"], batch,
+                                       global_step),
         "batch_size": batch_size,
         "image_shape": [image_size, image_size, CHANNELS],
         "warmup": warmup,
@@ -428,6 +444,14 @@ def benchmark(
         record["unfused_forward_mode"] = forward_mode
     return {**record, "variants": stats, "ratios": ratios, "paired_ratios": paired_ratios,
             "targets": ratio_targets}
+
+
+def step_memory(step: Callable, *args) -> dict[str, int]:
+    """Bytes of a jitted step's arguments, outputs and temporaries, from its compiled program."""
+    analysis = step.lower(*args).compile().memory_analysis()
+    return {"argument_bytes": int(analysis.argument_size_in_bytes),
+            "output_bytes": int(analysis.output_size_in_bytes),
+            "temp_bytes": int(analysis.temp_size_in_bytes)}
 
 
 def environment() -> dict[str, Any]:
@@ -449,14 +473,16 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"{env['device_kind']} ({env['platform']}), jax {env['jax_version']}",
         "",
-        "| config | method | batch | "
-        + " | ".join(f"{variant} ms" for variant in VARIANTS) + " | " + " | ".join(RATIOS) + " |",
-        "| --- " * (3 + len(VARIANTS) + len(RATIOS)) + "|",
+        "| config | method | K | batch | "
+        + " | ".join(f"{variant} ms" for variant in VARIANTS) + " | " + " | ".join(RATIOS)
+        + " | params | l2d_step memory MiB (arguments + temporaries) |",
+        "| --- " * (6 + len(VARIANTS) + len(RATIOS)) + "|",
     ]
     for record in report["results"]:
         models = " + ".join(f"{record[model]} {record[width]}"
                             for model, width in networks(record["method"]))
-        cells = [f"{record['config']} ({models})", record["method"], str(record["batch_size"])]
+        cells = [f"{record['config']} ({models})", record["method"],
+                 str(record["num_experts"]), str(record["batch_size"])]
         for variant in VARIANTS:
             s = record["variants"].get(variant)
             cells.append("-" if s is None else f"{1e3 * s['median_s']:.1f} "
@@ -469,6 +495,9 @@ def format_table(report: dict[str, Any]) -> str:
             sign, bound = ("<=", target["max"]) if "max" in target else (">=", target["min"])
             cells.append(f"{record['ratios'][ratio]:.3f} "
                          f"({'met' if target['met'] else 'missed'}: {sign} {bound})")
+        memory = record["l2d_step_memory"]
+        cells += [f"{record['params']:,}", f"{memory['argument_bytes'] / 2**20:.2f} + "
+                  f"{memory['temp_bytes'] / 2**20:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -487,6 +516,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: all)")
     parser.add_argument("--method", choices=(*LIMITS, "all"), default="all",
                         help="the method(s) to time (default: all)")
+    parser.add_argument("--experts", type=lambda text: [int(k) for k in text.split(",")],
+                        default=[NUM_EXPERTS], metavar="K[,K...]",
+                        help=f"numbers of experts to time each method with, e.g. 2,10,50,100 "
+                             f"(default: {NUM_EXPERTS})")
+    parser.add_argument("--missing-share", type=float, default=0.0, metavar="R",
+                        help="share of the expert labels missing in the batch, e.g. 0.98 for a "
+                             "crowd (default: 0)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32, help="square RGB images")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per variant")
@@ -500,6 +536,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("batch_size", "image_size", "repeats", "warmup"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be at least 1")
+    if min(args.experts) < 1:
+        parser.error(f"--experts: every K must be at least 1, got {args.experts}")
+    if not 0 <= args.missing_share < 1:
+        parser.error(f"--missing-share={args.missing_share}: must be in [0, 1)")
     return args
 
 
@@ -515,11 +555,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in names:
         for method in methods:
-            report["results"].append(benchmark(
-                name, method, PRESETS[name], batch_size=args.batch_size,
-                image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
-                seed=args.seed, forward_mode=args.unfused_forward_mode,
-                training=PRESET_TRAINING.get(name), log=log))
+            for num_experts in args.experts:
+                report["results"].append(benchmark(
+                    name, method, PRESETS[name], batch_size=args.batch_size,
+                    image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
+                    seed=args.seed, forward_mode=args.unfused_forward_mode,
+                    training=PRESET_TRAINING.get(name), num_experts=num_experts,
+                    missing_share=args.missing_share, log=log))
     print(format_table(report))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -536,9 +536,10 @@ def run_crowd_command(args: dict) -> None:
                               accuracy=args["accuracy"] or (0.6, 0.95), seed=args["seed"],
                               num_classes=args["num_classes"]):
         accuracy = result["accuracy"]
+        mean = sum(accuracy) / len(accuracy)
         print(f"{result['files']}: {result['annotators']} annotators, "
               f"{result['per_annotator']} of {result['num_samples']} images each, accuracy "
-              f"{min(accuracy):.3f}-{max(accuracy):.3f} (mean {sum(accuracy) / len(accuracy):.3f}); "
+              f"{min(accuracy):.3f}-{max(accuracy):.3f} (mean {mean:.3f}); "
               f"{result['covered']} images have at least one label")
 
 

@@ -63,13 +63,31 @@ def test_main_writes_a_report_of_positive_times_and_their_median_ratios(monkeypa
         assert set(ratios) == set(targets) == set(record["paired_ratios"]) == (
             {"l2d_step/limit", "unfused/l2d_step"} if method == "em" else {"l2d_step/limit"})
         assert all(r > 0 for r in record["paired_ratios"].values())
-    assert "| small (cnn 4 + preact_resnet10 2) | em | 4 |" in table
+    assert "| small (cnn 4 + preact_resnet10 2) | em | 2 | 4 |" in table
     for method in ("softmax", "ova", "rs", "asm", "confidence", "two_stage", "selective"):
         row = next(line for line in table.splitlines() if f"| {method} |" in line)
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[1:3] == [method, "4"]
+        assert cells[1:4] == [method, "2", "4"]
         # No unfused time and no unfused/l2d_step ratio.
-        assert [cells[5], cells[7]] == ["-", "-"] and "-" not in (cells[3], cells[4], cells[6])
+        assert [cells[6], cells[8]] == ["-", "-"] and "-" not in (cells[4], cells[5], cells[7])
+
+
+def test_more_experts_grow_only_the_outputs_and_missing_labels_train(monkeypatch, tmp_path,
+                                                                     capsys):
+    monkeypatch.setitem(bench.PRESETS, "small", TINY)
+    output = tmp_path / "bench.json"
+    assert bench.main(["--config", "small", "--method", "softmax", "--experts", "2,40",
+                       "--missing-share", "0.9", "--batch-size", str(BATCH), "--image-size",
+                       str(IMAGE_SIZE), "--repeats", "1", "--warmup", "1",
+                       "--output", str(output)]) == 0
+    few, many = json.loads(output.read_text())["results"]
+    assert (few["num_experts"], many["num_experts"], many["missing_share"]) == (2, 40, 0.9)
+    # The cnn's last layer (its input is its 4 channels) gains 38 outputs.
+    assert many["params"] - few["params"] == 38 * (4 + 1)
+    for record in (few, many):
+        assert record["l2d_step_memory"]["argument_bytes"] > 0
+        assert record["l2d_step_memory"]["temp_bytes"] > 0
+    assert many["l2d_step_memory"]["argument_bytes"] > few["l2d_step_memory"]["argument_bytes"]
 
 
 def fresh(setup):

@@ -148,8 +148,8 @@ def test_vote_counts_sampled_one_annotator_per_image(tmp_path):
         sample_annotators=2, seed=4)
     import_annotations(options)
     out = tmp_path / "out"
-    drawn = list(zip(labels_of(out / "train_pooled_1.json") + labels_of(out / "test_pooled_1.json"),
-                     labels_of(out / "train_pooled_2.json") + labels_of(out / "test_pooled_2.json")))
+    drawn = list(zip(*(labels_of(out / f"train_pooled_{s}.json")
+                       + labels_of(out / f"test_pooled_{s}.json") for s in (1, 2))))
     for (first, second), votes in zip(drawn, counts):
         if votes.sum() == 0:
             assert first is None and second is None

@@ -1,15 +1,26 @@
 """Pulse runs through the real CLI (in this process) with missing annotations: every method with
 half of one expert's labels missing trains, counts them and routes around them at test time;
-and the flag without a missing label changes no number."""
+the flag without a missing label changes no number; and a hundred experts, 98% missing."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODELS, TINY_NETWORK, in_process_cli, load, routed_by_test, train_argv
+from conftest import (
+    TINY_MODELS,
+    TINY_NETWORK,
+    assert_served_as_tested,
+    in_process_cli,
+    load,
+    make_dataset,
+    routed_by_test,
+    train_argv,
+)
 from mlflow import MlflowClient
 
+from l2d.data.crowd import write_crowd
 from l2d.evaluation import metrics
 
 NETWORKS = {
@@ -94,3 +105,35 @@ def test_the_flag_without_a_missing_label_changes_no_number(method, tiny_dataset
     assert {name: value for name, value in flagged.items()
             if not name.startswith("missing/")} == without
     assert {value for name, value in flagged.items() if name.startswith("missing/")} <= {0.0}
+
+
+def test_a_hundred_experts_98_percent_missing_train_with_bounds_test_resume_and_serve(
+        tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path, num_train=50, num_test=10, num_classes=3, num_experts=1)
+    # In training each annotator labels 1 of the 50 images (2%); in testing every image, so
+    # that the served model, which knows no annotations, routes as --test does.
+    for truth, per_annotator in ((data["train_groundtruth"], 1), (data["test_groundtruth"], 10)):
+        write_crowd([truth], num_annotators=100, per_annotator=per_annotator,
+                    accuracy=(0.6, 0.95), seed=0)
+    data = {**data, "train_experts": [str(tmp_path / "train_crowd100_0_a*.json")],
+            "test_experts": [str(tmp_path / "test_crowd100_0_a*.json")]}
+    max_share = ",".join(["0.1"] * 100 + ["0.5"])
+    monkeypatch.chdir(tmp_path)
+    run_id = train(monkeypatch, capsys, data, "em", "--allow-missing-annotations",
+                   "--max-share", max_share, "--test-workload", "enforce", "--num-epochs", "2",
+                   "--checkpoint-every", "1")
+    client = store()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert sum(run.data.metrics[f"missing/train/expert_{k}"] for k in range(100)) == 100 * 49
+    final = final_metrics(client, run_id, tmp_path)
+    # Enforced at test time: the classifier keeps at most half of the 10 test images.
+    assert final[metrics.COVERAGE] <= 0.5 and 0 <= final[metrics.ACCURACY] <= 1
+    code, err = in_process_cli(monkeypatch, capsys, "train", "--test", "--run-id", run_id)
+    assert code == 0, err
+    assert_served_as_tested(client, run_id, {**data, "test_experts": [None] * 100}, tmp_path)
+    shutil.rmtree(tmp_path / "artifacts" / run_id / "checkpoints" / "2")
+    client.set_terminated(run_id, "KILLED")
+    code, err = in_process_cli(monkeypatch, capsys, "train", "--resume", "--run-id", run_id)
+    assert code == 0, err
+    np.testing.assert_equal(final_metrics(client, run_id, tmp_path), final)

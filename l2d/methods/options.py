@@ -12,7 +12,6 @@ from typing import ClassVar
 
 from l2d.errors import L2DError
 from l2d.options import (
-    ON_TEST,
     MethodOptions,
     check_at_least,
     derived,
