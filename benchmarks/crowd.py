@@ -41,7 +41,7 @@ RUNS = {
     "softmax": ("softmax", ["--model", "netsimple"], "crowd"),
     "ova": ("ova", ["--model", "netsimple"], "crowd"),
     "rs": ("rs", ["--model", "netsimple"], "crowd"),
-    "pooled S=1, softmax": ("softmax", ["--model", "netsimple"], "pooled"),
+    "pooled S=1 softmax": ("softmax", ["--model", "netsimple"], "pooled"),
 }
 COLUMNS = {"system accuracy": "accuracy", "coverage": "coverage/test",
            "AUC": "accuracy_coverage/auc", "classifier alone": "clf_accuracy/all"}

@@ -356,7 +356,7 @@ def build_annotations_parser() -> argparse.ArgumentParser:
     truth.add_argument("--test-fraction", type=float, metavar="F",
                        help="a stratified, seeded split with this test share per class")
     experts = parser.add_argument_group("experts")
-    experts.add_argument("--min-annotations", type=int, default=1, metavar="N",
+    experts.add_argument("--min-annotations", type=int, metavar="N",
                          help="every annotator with at least N labels (default: 1)")
     experts.add_argument("--top-annotators", type=int, metavar="N",
                          help="only the N most prolific of those (ties by name)")

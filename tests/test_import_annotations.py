@@ -130,6 +130,45 @@ def _classes(root: Path) -> Path:
     return root / "names.json"
 
 
+def test_labels_written_as_floats_are_class_indices(tmp_path):
+    images(tmp_path, 2)
+    table = write_csv(tmp_path / "t.csv", ["file", "annotator", "label", "truth", "split"],
+                      [["00000.png", "a", "1.0", "1", "train"],
+                       ["00001.png", "a", "0.0", "0", "test"]])
+    summary = import_annotations(ImportOptions(tmp_path / "out", table,
+                                               groundtruth_column="truth", split_column="split"))
+    assert summary["classes"] == 2 and summary["experts"][0]["agreement"] == 1
+
+
+def test_class_names_against_manifests_need_the_class_list(tmp_path):
+    names = images(tmp_path, 2)
+    for split, name in zip(("train", "test"), names):
+        (tmp_path / f"{split}.json").write_text(json.dumps([{"file": name, "label": 0}]))
+    table = write_csv(tmp_path / "t.csv", ["file", "annotator", "label"],
+                      [[names[0], "a", "cat"], [names[1], "a", "dog"]])
+    both = f"{tmp_path / 'train.json'},{tmp_path / 'test.json'}"
+    raises_one_line(lambda: import_annotations(ImportOptions(tmp_path / "out", table,
+                                                             groundtruth=both)),
+                    "t.csv: row 1: class names, but the --groundtruth manifests give indices")
+    (tmp_path / "test.json").write_text(json.dumps([{"file": names[0], "label": 0}]))
+    raises_one_line(lambda: import_annotations(ImportOptions(
+        tmp_path / "out", table, groundtruth=both, classes=_classes(tmp_path))),
+        "test.json", "is in", "train.json too")
+
+
+def test_an_output_folder_of_another_import_is_refused(tmp_path):
+    images(tmp_path, 2)
+    table = write_csv(tmp_path / "t.csv", ["file", "annotator", "label", "split"],
+                      [["00000.png", "a", "cat", "train"], ["00001.png", "b", "dog", "test"]])
+    options = ImportOptions(tmp_path / "out", table, groundtruth="majority",
+                            split_column="split", classes=_classes(tmp_path))
+    import_annotations(options)
+    import_annotations(options)  # The same import again writes the same files.
+    raises_one_line(lambda: import_annotations(ImportOptions(
+        tmp_path / "out", table, groundtruth="majority", split_column="split",
+        classes=_classes(tmp_path), top_annotators=1)), "holds test_b.json of another import")
+
+
 def test_the_majority_tie_rule():
     assert majority([2, 1, 2, 1]) == 1 and majority([0, 2, 2]) == 2 and majority([5]) == 5
 
@@ -229,6 +268,18 @@ def bad_table(tmp_path, rows, **options):
      ["t.csv: row 2", "column 'split' gives 'test'", "row 1 gave 'train'"]),
     ([["00000.png", "a", "cat", "train"], ["", "a", "dog", "test"]], {},
      ["t.csv: row 2", "no value in column 'file'"]),
+    ([["00000.png", "a", "cat", "train"]], {"label_column": "class"},
+     ["t.csv: no column 'class' (columns: file, annotator, label, split)"]),
+    ([["00000.png", "a", "cat", "train"], ["00001.png", "b", "dog", "test"]],
+     {"sample_annotators": 2}, ["--sample-annotators=2: no image has more than 1 labels"]),
+    ([["00000.png", "a", "cat", "train"]], {"sample_annotators": 1, "min_annotations": 2},
+     ["--min-annotations: not with --sample-annotators"]),
+    ([["00000.png", "a", "cat", "train"]], {"test_fraction": 0.5},
+     ["--test-fraction: not with --split-column"]),
+    ([["00000.png", "groundtruth", "cat", "train"], ["00001.png", "groundtruth", "dog", "test"]],
+     {}, ["annotator 'groundtruth' would write train_groundtruth.json"]),
+    ([["00000.png", "a", "0", "train"], ["00001.png", "a", "3.0", "test"]], {"classes": None},
+     ["class indices 1, 2 appear in no label (the largest is 3); give --classes"]),
     ([["00000.png", "a", "cat", "train"]], {"where": ("kind=x",)},
      ["--where=kind=x", "no column 'kind'"]),
     ([["00000.png", "a", "cat", "train"]], {"where": ("annotator=b",)},

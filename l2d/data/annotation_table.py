@@ -12,6 +12,7 @@ numbered from 1, in file order, as the errors name them.
 """
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ def as_text(value) -> str | None:
     """A JSON value as a table cell: numbers as they read (3, not 3.0), null as None."""
     if value is None:
         return None
+    if isinstance(value, bool):  # As JSON writes it, and as --where compares it.
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -48,9 +51,11 @@ def as_text(value) -> str | None:
 
 @dataclass(frozen=True)
 class Columns:
+    """The columns that name the item, the annotator and the label."""
+
     item: str
-    annotator: str | None
-    label: str | None
+    annotator: str
+    label: str
 
 
 def read_table(path: Path, columns: Columns) -> list[Row]:
@@ -63,12 +68,13 @@ def read_table(path: Path, columns: Columns) -> list[Row]:
     except (OSError, UnicodeDecodeError) as error:
         raise L2DError(f"{path}: cannot read the table: {error}") from None
     if suffix in CSV_SUFFIXES:
-        reader = csv.DictReader(text.splitlines(), delimiter=CSV_SUFFIXES[suffix])
+        # newline="": a quoted field may hold a line break.
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=CSV_SUFFIXES[suffix])
         rows = [Row(i, {key: value for key, value in row.items() if key is not None})
                 for i, row in enumerate(reader, 1)]
     elif suffix == ".jsonl":
         rows = [Row(i, json_row(path, i, line)) for i, line in
-                enumerate((line for line in text.splitlines() if line.strip()), 1)]
+                enumerate((line for line in text.split("\n") if line.strip()), 1)]
     else:
         rows = json_rows(path, parse_json(path, text), columns)
     if not rows:

@@ -8,7 +8,7 @@ annotator labels, and its answer to each, depend on neither the order of a manif
 other splits.
 
 ``write_crowd`` writes ``<prefix>_crowd<N>_<seed>_a<i>.json`` beside each ground-truth manifest
-(``train_crowd100_0_a007.json``), listing only the M files that annotator labelled: train with
+(``train_crowd100_0_a07.json``), listing only the M files that annotator labelled: train with
 ``--allow-missing-annotations``, and name them all by a glob such as
 ``data/train_crowd100_0_a*.json``.
 """

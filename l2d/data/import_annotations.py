@@ -52,6 +52,8 @@ SPLITS = ("train", "test")
 SUMMARY_FILE = "summary.json"
 # Characters an expert's name keeps in its manifest's file name.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A label that is a class index: digits, possibly written as a float (3.0).
+_INDEX = re.compile(r"([0-9]+)(?:\.0*)?")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class ImportOptions:
     split_column: str | None = None
     split_values: tuple[str, ...] = SPLITS
     test_fraction: float | None = None
-    min_annotations: int = 1
+    min_annotations: int | None = None  # None: 1.
     top_annotators: int | None = None
     sample_annotators: int | None = None
     seed: int = 0
@@ -90,18 +92,28 @@ class Annotation:
 
 
 def check_options(options: ImportOptions) -> None:
+    """L2DError for flags that cannot work together (each is one way of doing a step)."""
     if (options.table is None) == (options.counts is None):
-        raise L2DError("give an annotation TABLE or --counts FILE.npy, not both")
+        raise L2DError("give one source: an annotation TABLE or --counts FILE.npy")
     if options.counts is not None:
         if options.order is None:
             raise L2DError("--counts: needs --order MANIFEST.json, the images of its rows")
         if options.sample_annotators is None:
             raise L2DError("--counts: vote counts name no annotator; use --sample-annotators S")
-    chosen = [flag for flag, given in (("--top-annotators", options.top_annotators),
+        for flag, given in (("--where", options.where), ("--label-columns", options.label_columns),
+                            ("--file-pattern", options.file_pattern),
+                            ("--groundtruth-column", options.groundtruth_column),
+                            ("--split-column", options.split_column)):
+            if given:
+                raise L2DError(f"{flag}: reads a table's columns, not with --counts")
+    chosen = [flag for flag, given in (("--min-annotations", options.min_annotations),
+                                       ("--top-annotators", options.top_annotators),
                                        ("--sample-annotators", options.sample_annotators))
               if given is not None]
-    if len(chosen) > 1:
-        raise L2DError(f"{chosen[1]}: not with {chosen[0]}; choose one way to form experts")
+    if "--sample-annotators" in chosen and len(chosen) > 1:
+        raise L2DError(f"{chosen[0]}: not with --sample-annotators, whose experts are pooled")
+    if options.split_column and options.test_fraction is not None:
+        raise L2DError("--test-fraction: not with --split-column; choose one split")
     for flag, value in (("--min-annotations", options.min_annotations),
                         ("--top-annotators", options.top_annotators),
                         ("--sample-annotators", options.sample_annotators)):
@@ -143,7 +155,7 @@ def item_file(options: ImportOptions, where: str, item: str, row: Row) -> str:
                    if key.isidentifier() and value is not None}
         try:
             name = options.file_pattern.format(**{**columns, "id": Cell(item)})
-        except (ValueError, KeyError, IndexError) as error:
+        except (ValueError, KeyError, IndexError, AttributeError) as error:
             raise L2DError(f"{where}: --file-pattern={options.file_pattern} cannot format item "
                            f"{item!r}: {type(error).__name__} {error}") from None
     else:
@@ -174,6 +186,10 @@ def table_annotations(options: ImportOptions) -> tuple[list[Annotation], dict]:
     rows = read_table(options.table, Columns(options.item_column, options.annotator_column,
                                              options.label_column))
     keep = row_filter(options, rows)
+    for column in options.label_columns or (options.label_column,):
+        if not any(column in row.values for row in rows):
+            raise L2DError(f"{options.table}: no column {column!r} (columns: "
+                           f"{', '.join(rows[0].values)})")
     annotations = []
     columns = {"groundtruth": {}, "split": {}, "left_out": 0, "without_label": 0}
     for row in rows:
@@ -217,16 +233,24 @@ def count_annotations(options: ImportOptions) -> list[Annotation]:
             counts != np.round(counts)):
         raise L2DError(f"{options.counts}: vote counts must be non-negative integers")
     annotations = []
-    for row, (file, votes) in enumerate(zip(files, counts.astype(np.int64))):
+    for row, (file, votes) in enumerate(zip(files, counts.astype(np.int64)), 1):
         where = f"{options.counts}: row {row}"
         for label in np.repeat(np.arange(len(votes)), votes).tolist():
             annotations.append(Annotation(where, file, "", str(label)))
     return annotations
 
 
-def class_names(options: ImportOptions, labels: list[str], num_groundtruth: int | None
-                ) -> list[str]:
-    """The classes' names by index (step 2 of the module docstring)."""
+def as_index(label: str) -> int | None:
+    """The class index a label writes (``3``, or ``3.0`` as a table with gaps writes it), or
+    None for a class name."""
+    match = _INDEX.fullmatch(label.strip())
+    return None if match is None else int(match.group(1))
+
+
+def class_names(options: ImportOptions, labelled: list[tuple[str, str]],
+                groundtruth: dict[str, int]) -> list[str]:
+    """The classes' names by index (step 2 of the module docstring), from ``labelled`` (where,
+    label) and the ground truth of the manifests (file -> index)."""
     path = options.classes
     manifests = groundtruth_manifests(options)
     if path is None and manifests and (manifests[0].parent / CLASSES_FILE).is_file():
@@ -239,17 +263,27 @@ def class_names(options: ImportOptions, labels: list[str], num_groundtruth: int 
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise L2DError(f"{path}: expected a JSON list of class names")
         return names
-    if all(label.isdigit() for label in labels):
-        return [str(c) for c in range(max([int(v) for v in labels] + [
-            (num_groundtruth or 0) - 1]) + 1)]
-    return sort_class_names(sorted(set(labels)))
+    indices = [as_index(label) for _, label in labelled]
+    if None not in indices:
+        used = set(indices) | set(groundtruth.values())
+        unused = sorted(set(range(max(used) + 1)) - used)
+        if unused:
+            raise L2DError(f"class indices {', '.join(map(str, unused[:5]))} appear in no label "
+                           f"(the largest is {max(used)}); give --classes to declare them")
+        return [str(c) for c in range(max(used) + 1)]
+    if manifests:
+        where = next(where for (where, _), index in zip(labelled, indices) if index is None)
+        raise L2DError(f"{where}: class names, but the --groundtruth manifests give indices: "
+                       "give --classes (or classes.json beside them) to map one to the other")
+    return sort_class_names(sorted({label for _, label in labelled}))
 
 
 def class_index(names: list[str], label: str, where: str) -> int:
     if label in names:
         return names.index(label)
-    if label.isdigit() and int(label) < len(names):
-        return int(label)
+    index = as_index(label)
+    if index is not None and index < len(names):
+        return index
     raise L2DError(f"{where}: unknown class {label!r} (classes: {', '.join(names[:12])}"
                    f"{', ...' if len(names) > 12 else ''})")
 
@@ -261,7 +295,7 @@ def majority(labels: list[int]) -> int:
 
 
 def drawn_order(seed: int, file: str, count: int) -> np.ndarray:
-    """A permutation of ``count`` labels of one image, drawn from (seed, its file name)."""
+    """A permutation of ``count`` labels of one image, drawn from (seed, its path)."""
     digest = hashlib.blake2b(f"l2d-annotations\0{seed}\0{file}".encode("utf-8",
                                                                       "surrogatepass"),
                              digest_size=8).digest()
@@ -281,17 +315,9 @@ def import_annotations(options: ImportOptions) -> dict:
             raise L2DError(f"{options.table}: no annotation is left"
                            + (" after --where" if options.where else ""))
 
-    # Ground truth and split of every image.
-    truth: dict[str, int] = {}
-    split_of: dict[str, str] = {}
-    for split, manifest in zip(SPLITS if len(manifests) == 2 else ("",), manifests):
-        for file, label in read_manifest(manifest):
-            truth[file] = label
-            if split:
-                split_of[file] = split
-    names = class_names(options, [a.label for a in annotations]
-                        + [value for value, _ in columns["groundtruth"].values()],
-                        max(truth.values()) + 1 if truth else None)
+    truth, split_of = manifests_truth(manifests)
+    names = class_names(options, [(a.where, a.label) for a in annotations] + [
+        (where, value) for value, where in columns["groundtruth"].values()], truth)
     if truth and max(truth.values()) >= len(names):
         raise L2DError(f"{manifests[0]}: label {max(truth.values())} is outside the "
                        f"{len(names)} classes")
@@ -302,20 +328,55 @@ def import_annotations(options: ImportOptions) -> dict:
                 raise L2DError(f"{annotation.where}: unknown item {annotation.file!r}: not in "
                                f"--groundtruth {options.groundtruth}")
     else:
-        for annotation in annotations:
-            if not os.path.isfile(annotation.file):
-                raise L2DError(f"{annotation.where}: unknown item: no image "
-                               f"{annotation.file!r}")
-        # The images are the annotated ones, in sorted order.
-        if options.groundtruth_column:
-            truth = {file: class_index(names, value, where) for file, (value, where)
-                     in sorted(columns["groundtruth"].items())}
-        else:
-            votes: dict[str, list[int]] = {}
-            for annotation, index in zip(annotations, indices):
-                votes.setdefault(annotation.file, []).append(index)
-            truth = {file: majority(votes[file]) for file in sorted(votes)}
+        truth = table_truth(options, annotations, indices, names, columns["groundtruth"])
+    split_of = splits(options, truth, split_of, names, columns["split"])
+    if options.counts is None:
+        check_one_label_each(annotations)
+    experts = expert_labels(options, annotations, indices)
+    rows = {"rows_left_out": columns["left_out"], "labels_empty": columns["without_label"]}
+    return write_outputs(options, names, truth, split_of, experts, rows)
 
+
+def manifests_truth(manifests: list[Path]) -> tuple[dict[str, int], dict[str, str]]:
+    """The ground truth of the ``--groundtruth`` manifests, and their split if there are two."""
+    truth: dict[str, int] = {}
+    split_of: dict[str, str] = {}
+    first: dict[str, Path] = {}
+    for split, manifest in zip(SPLITS if len(manifests) == 2 else ("",), manifests):
+        for file, label in read_manifest(manifest):
+            if file in first:
+                raise L2DError(f"{manifest}: {file!r} is in {first[file]} too; an image "
+                               "belongs to one split")
+            first[file] = manifest
+            truth[file] = label
+            if split:
+                split_of[file] = split
+    return truth, split_of
+
+
+def table_truth(options: ImportOptions, annotations: list[Annotation], indices: list[int],
+                names: list[str], column: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """The ground truth of every image the table names (in sorted order), from its column or by
+    majority vote; L2DError for an image that does not exist."""
+    if options.groundtruth_column:
+        truth = {file: class_index(names, value, where)
+                 for file, (value, where) in sorted(column.items())}
+        where_of = {file: where for file, (_, where) in column.items()}
+    else:
+        votes: dict[str, list[int]] = {}
+        for annotation, index in zip(annotations, indices):
+            votes.setdefault(annotation.file, []).append(index)
+        truth = {file: majority(votes[file]) for file in sorted(votes)}
+        where_of = {annotation.file: annotation.where for annotation in annotations}
+    for file in truth:
+        if not os.path.isfile(file):
+            raise L2DError(f"{where_of[file]}: unknown item: no image {file!r}")
+    return truth
+
+
+def splits(options: ImportOptions, truth: dict[str, int], split_of: dict[str, str],
+           names: list[str], column: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Each image's split (step 4 of the module docstring); ``split_of``: the manifests'."""
     if options.split_column:
         if split_of:
             raise L2DError("--split-column: not with two --groundtruth manifests, which split "
@@ -324,7 +385,7 @@ def import_annotations(options: ImportOptions) -> dict:
             raise L2DError(f"--split-values={','.join(options.split_values)}: expected two "
                            "values, TRAIN,TEST")
         meaning = dict(zip(options.split_values, SPLITS))
-        for file, (value, where) in columns["split"].items():
+        for file, (value, where) in column.items():
             if value not in meaning:
                 raise L2DError(f"{where}: split {value!r}, expected "
                                f"{' or '.join(options.split_values)} (--split-values)")
@@ -343,13 +404,9 @@ def import_annotations(options: ImportOptions) -> dict:
                        "and test) or --test-fraction")
     missing_split = next((f for f in truth if f not in split_of), None)
     if missing_split is not None:
-        raise L2DError(f"{os.path.basename(missing_split)!r}: in no split")
-
-    if options.counts is None:
-        check_one_label_each(annotations)
-    experts = expert_labels(options, annotations, indices)
-    rows = {"rows_left_out": columns["left_out"], "labels_empty": columns["without_label"]}
-    return write_outputs(options, names, truth, split_of, experts, rows)
+        raise L2DError(f"--groundtruth {options.groundtruth}: {missing_split!r} is in no row "
+                       f"of {options.table}, which gives the split (--split-column)")
+    return split_of
 
 
 def check_one_label_each(annotations: list[Annotation]) -> None:
@@ -371,22 +428,31 @@ def expert_labels(options: ImportOptions, annotations: list[Annotation],
         by_file: dict[str, list[tuple[str, int]]] = {}
         for annotation, index in zip(annotations, indices):
             by_file.setdefault(annotation.file, []).append((annotation.annotator, index))
+        most = max(len(labels) for labels in by_file.values())
+        if options.sample_annotators > most:
+            raise L2DError(f"--sample-annotators={options.sample_annotators}: no image has more "
+                           f"than {most} labels")
+        # The draw of an image depends on its path below the images' folder, not on where
+        # that folder lies.
+        base = options.images_root or (options.table or options.order).parent
         pooled = {f"pooled_{s + 1}": {} for s in range(options.sample_annotators)}
         for file, labels in by_file.items():
             labels.sort()
-            for s, drawn in enumerate(drawn_order(options.seed, os.path.basename(file),
-                                                  len(labels))[:options.sample_annotators]):
+            key = Path(os.path.relpath(file, os.path.abspath(base))).as_posix()
+            for s, drawn in enumerate(drawn_order(options.seed, key, len(labels))[
+                    :options.sample_annotators]):
                 pooled[f"pooled_{s + 1}"][file] = labels[drawn][1]
         return pooled
     by_annotator: dict[str, dict[str, int]] = {}
     for annotation, index in zip(annotations, indices):
         by_annotator.setdefault(annotation.annotator, {})[annotation.file] = index
     ranked = sorted(by_annotator, key=lambda name: (-len(by_annotator[name]), name))
-    kept = [name for name in ranked if len(by_annotator[name]) >= options.min_annotations]
+    minimum = options.min_annotations or 1
+    kept = [name for name in ranked if len(by_annotator[name]) >= minimum]
     if options.top_annotators is not None:
         kept = kept[:options.top_annotators]
     if not kept:
-        raise L2DError(f"no annotator has at least --min-annotations={options.min_annotations} "
+        raise L2DError(f"no annotator has at least --min-annotations={minimum} "
                        f"labels (the most has {len(by_annotator[ranked[0]])})")
     return {name: by_annotator[name] for name in sorted(kept)}
 
@@ -396,9 +462,12 @@ def file_names(experts: list[str]) -> dict[str, str]:
     safe = {name: _UNSAFE.sub("_", name) for name in experts}
     seen: dict[str, str] = {}
     for name, part in safe.items():
-        if part in seen or part == "groundtruth":
-            raise L2DError(f"annotators {seen.get(part, part)!r} and {name!r} would write the "
-                           f"same manifest train_{part}.json")
+        if part == "groundtruth":
+            raise L2DError(f"annotator {name!r} would write train_groundtruth.json, the ground "
+                           "truth's manifest")
+        if part in seen:
+            raise L2DError(f"annotators {seen[part]!r} and {name!r} would write the same "
+                           f"manifest train_{part}.json")
         seen[part] = name
     return safe
 
@@ -411,7 +480,6 @@ def write_outputs(options: ImportOptions, names: list[str], truth: dict[str, int
     for split in SPLITS:
         if not files[split]:
             raise L2DError(f"the {split} split has no image")
-    output.mkdir(parents=True, exist_ok=True)
 
     def manifest(split: str, labels: dict[str, int | None]) -> str:
         return "[\n" + ",\n".join(json.dumps({
@@ -426,6 +494,14 @@ def write_outputs(options: ImportOptions, names: list[str], truth: dict[str, int
     summary = {**summarise(options, names, truth, split_of, experts), **rows}
     texts[CLASSES_FILE] = json.dumps(names) + "\n"
     texts[SUMMARY_FILE] = json.dumps(summary, indent=2) + "\n"
+    # A folder names its experts by their files (--train-files DIR): another import's would
+    # join them.
+    others = sorted(path.name for split in SPLITS for path in output.glob(f"{split}_*.json")
+                    if path.name not in texts)
+    if others:
+        raise L2DError(f"--output {output}: holds {others[0]} of another import; use a new "
+                       "folder")
+    output.mkdir(parents=True, exist_ok=True)
     write_all(output, texts)
     return summary
 

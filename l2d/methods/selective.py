@@ -23,6 +23,7 @@ from flax import nnx
 from l2d.methods.base import (
     Decision,
     Problem,
+    available_options,
     cross_entropy,
     present,
     top_log_probability,
@@ -89,7 +90,8 @@ class Selective:
         model.right[...] += jnp.sum(right, axis=0, dtype=jnp.int32)
         model.seen[...] += jnp.sum(present(batch["expert_labels"]), axis=0, dtype=jnp.int32)
         return clf_loss, {CLF_LOSS: clf_loss, TRAIN_COVERAGE: training_coverage(
-            selective_scores(jax.lax.stop_gradient(clf_logits), model.expert_accuracy()))}
+            selective_scores(jax.lax.stop_gradient(clf_logits), model.expert_accuracy()),
+            available_options(batch["expert_labels"]))}
 
     def decide(self, model: SelectiveNetworks, inputs) -> Decision:
         clf_logits = model.classifier(inputs)
