@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from cifar_k import PROTOCOL, l2d, prepare
+from cifar_k import PROTOCOL, l2d, mean_std, prepare
 from mlflow import MlflowClient
 
 ANNOTATORS, ACCURACY, SHARE, CROWD_SEED = 100, "0.6,0.95", 0.02, 0
@@ -137,13 +137,17 @@ def references(data: Path) -> str:
 
 
 def table(records: list[dict]) -> str:
+    """A row per run of ``RUNS``: mean +- std over its seeds."""
     columns = [*COLUMNS, "best annotator", "mean annotator"]
-    lines = ["| run | " + " | ".join(columns) + " | selected epoch | minutes |",
+    lines = ["| run | seeds | " + " | ".join(columns) + " | minutes per run |",
              "| --- " * (len(columns) + 3) + "|"]
-    for record in records:
-        lines.append(f"| {record['name']} | "
-                     + " | ".join(f"{record[column]:.3f}" for column in columns)
-                     + f" | {record['selected_epoch']:.0f} | {record['minutes']:.1f} |")
+    for name in RUNS:
+        runs = [record for record in records if record["name"] == name]
+        if runs:
+            minutes = sum(run["minutes"] for run in runs) / len(runs)
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(
+                mean_std([run[column] for run in runs]) for column in columns)
+                + f" | {minutes:.1f} |")
     return "\n".join(lines) + "\n"
 
 
