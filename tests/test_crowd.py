@@ -1,5 +1,5 @@
-"""Many experts: a simulated crowd (``l2d experts --crowd``), and expert file lists given as a
-folder or a glob, matched across splits by name."""
+"""Many experts: a simulated crowd (``l2d experts --crowd``), expert file lists given as a
+folder or a glob, matched across splits by name, and the summary of a crowd's run."""
 
 import os
 
@@ -9,6 +9,7 @@ from conftest import dump, in_process_cli, load, make_dataset, raises_one_line
 
 from l2d.data.crowd import annotator_accuracies, write_crowd
 from l2d.data.expert_files import with_expert_files
+from l2d.evaluation import metrics
 
 
 def test_a_crowd_labels_its_own_share_with_its_own_accuracy(tmp_path):
@@ -104,3 +105,16 @@ def test_a_folder_without_expert_manifests_is_one_line(tmp_path):
                     "no expert manifests (train_*.json")
     raises_one_line(lambda: with_expert_files({"train_files": (f"{folder}/none_*.json",)}),
                     "none_*.json: no expert manifests")
+
+
+def test_the_summary_of_a_crowd_lists_the_experts_who_receive_the_most():
+    experts = [f"a{k}" for k in range(20)]
+    values = {metrics.ACCURACY: 0.8, metrics.COVERAGE: 0.1, metrics.CLF_ACCURACY: 0.4}
+    for k in range(20):
+        values[metrics.expert_share(k)] = 0.09 if k in (3, 17) else 0.72 / 18
+        values[metrics.expert_accuracy_alone(k)] = 0.7
+    text = metrics.summary(values, experts)
+    assert text.count("expert a") == metrics.SUMMARY_EXPERTS
+    assert "expert a3 alone 0.700 (receives 0.090)" in text and "a17 alone" in text
+    assert f"{20 - metrics.SUMMARY_EXPERTS} more experts receive 0.480 together" in text
+    assert metrics.summary(values, experts[:3]).count("expert a") == 3

@@ -79,6 +79,10 @@ def deferral_table(counts: dict[str, np.ndarray], options: list[str]) -> dict[st
     }
 
 
+# The summary lists every expert up to this many; of more, those who receive the most.
+SUMMARY_EXPERTS = 8
+
+
 def summary(metrics: dict[str, float], experts: list[str]) -> str:
     """The system against the classifier alone and each expert alone, for a person to read::
 
@@ -86,7 +90,8 @@ def summary(metrics: dict[str, float], experts: list[str]) -> str:
         classifier alone 0.950; expert alice alone 0.532 (receives 0.373); ...
         deferral pays off: the system is more accurate than ...
 
-    A value with nothing to count (an expert that annotated no test input) reads ``nan``.
+    A value with nothing to count (an expert that annotated no test input) reads ``nan``. Of
+    more than ``SUMMARY_EXPERTS`` experts, those who receive the most are listed.
     """
     system = metrics[ACCURACY]
     alone = [metrics[CLF_ACCURACY], *(metrics[expert_accuracy_alone(k)]
@@ -96,12 +101,18 @@ def summary(metrics: dict[str, float], experts: list[str]) -> str:
                "than every expert alone" if known and system > max(known) else
                "deferral does not pay off here: the classifier or an expert alone is at least "
                "as accurate as the system")
+    # Of many experts (a crowd), those who receive the most; the others' share together.
+    listed = sorted(range(len(experts)), key=lambda k: -metrics[expert_share(k)])
+    listed = sorted(listed[:SUMMARY_EXPERTS]) if len(experts) > SUMMARY_EXPERTS else listed
+    others = [k for k in range(len(experts)) if k not in listed]
+    rest = (f"; {len(others)} more experts receive "
+            f"{sum(metrics[expert_share(k)] for k in others):.3f} together" if others else "")
     return (f"system accuracy {system:.3f} at coverage {metrics[COVERAGE]:.3f} (share kept by "
             f"the classifier)\nclassifier alone {metrics[CLF_ACCURACY]:.3f}; "
-            + "; ".join(f"expert {name} alone {metrics[expert_accuracy_alone(k)]:.3f} "
+            + "; ".join(f"expert {experts[k]} alone {metrics[expert_accuracy_alone(k)]:.3f} "
                         f"(receives {metrics[expert_share(k)]:.3f})"
-                        for k, name in enumerate(experts))
-            + f"\n{verdict}")
+                        for k in (listed if others else range(len(experts))))
+            + rest + f"\n{verdict}")
 
 
 def metrics_line(metrics: dict[str, float]) -> str:
