@@ -71,7 +71,8 @@ def expert_folder(tmp_path, names_by_split):
 
 
 def test_a_folder_or_glob_names_the_experts_in_sorted_order_matched_by_name(tmp_path):
-    folder = expert_folder(tmp_path, {"train": ["b", "a", "c"], "test": ["c", "a", "b"]})
+    folder = expert_folder(tmp_path, {"train": ["b", "a", "c"], "test": ["c", "a", "b"],
+                                      "val": ["a", "c", "b"]})
     values = with_expert_files({"train_files": (folder,), "test_files": (f"{folder}/test_*",),
                                 "train_groundtruth_file": f"{folder}/train_groundtruth.json",
                                 "test_groundtruth_file": f"{folder}/test_groundtruth.json"})
@@ -87,6 +88,9 @@ def test_a_folder_or_glob_names_the_experts_in_sorted_order_matched_by_name(tmp_
     assert [os.path.basename(f) for f in with_expert_files(
         {"test_files": (folder,)}, recorded)["test_files"]] == [
         "test_c.json", "test_a.json", "test_b.json"]
+    assert [os.path.basename(f) for f in with_expert_files(
+        {"val_files": (folder,)}, recorded)["val_files"]] == ["val_c.json", "val_a.json",
+                                                              "val_b.json"]
 
 
 @pytest.mark.parametrize("test_names, fragment", [
